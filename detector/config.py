@@ -1,0 +1,248 @@
+"""YAML configs -> frozen dataclasses.
+
+A config file is YAML. It may name one or several ``_base_`` files (paths relative to itself); they are
+loaded first, deep-merged in order, and the file's own keys win. ``KEY=VALUE`` overrides (``--opts``) are
+applied last, with YAML typing (``a.b=3`` is an int, ``a.c=[1,2]`` a list, ``a.d=null`` None).
+
+The merged mapping is validated against the dataclasses in :mod:`detector.config_schema`: an unknown key
+stops with an error that names the key, the file that set it and the closest valid key; a value of the
+wrong type or out of range names the key, the value and what was expected.
+
+Only this module, :mod:`detector.models.build` and ``tools/`` read configs; model classes take explicit
+keyword arguments.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, Literal, Union
+
+import yaml
+
+from detector.config_schema import Config
+
+__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "config_to_dict", "save_config"]
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message says which key, where, and why."""
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _merge(base: dict, update: dict, origins: dict, source: str, prefix: str = "") -> dict:
+    """Deep-merge ``update`` into a copy of ``base``; record for every leaf which source set it."""
+    merged = dict(base)
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value, origins, source, dotted + ".")
+        else:
+            merged[key] = copy.deepcopy(value)
+            _record_origins(value, dotted, origins, source)
+    return merged
+
+
+def _record_origins(value: Any, dotted: str, origins: dict, source: str) -> None:
+    origins[dotted] = source
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _record_origins(sub, f"{dotted}.{key}", origins, source)
+
+
+def _load_tree(path: Path, origins: dict, chain: tuple = ()) -> dict:
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"{path}: circular _base_ inheritance through {' -> '.join(map(str, chain))}")
+    data = _read_yaml(path)
+    bases = data.pop("_base_", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a path or a list of paths, got {bases!r}")
+    merged: dict = {}
+    for base in bases:
+        base_path = (path.parent / base)
+        if not base_path.is_file():
+            raise ConfigError(f"{path}: _base_ file not found: {base_path}")
+        merged = _merge(merged, _load_tree(base_path, origins, chain + (path,)), origins, str(base_path))
+    return _merge(merged, data, origins, str(path))
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like KEY=VALUE (for example schedule.max_iters=100)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {text!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {err}") from err
+    return key.split("."), value
+
+
+def _apply_overrides(tree: dict, overrides: Iterable[str], origins: dict) -> dict:
+    for text in overrides:
+        parts, value = _parse_override(text)
+        node = tree
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(parts[: i + 1])} is a value, not a section")
+            node = child
+        node[parts[-1]] = value
+        _record_origins(value, ".".join(parts), origins, f"--opts {text}")
+    return tree
+
+
+# -------------------------------------------------------------------------------------------- validation
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"list[{_type_name(typing.get_args(tp)[0])}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+class _Validator:
+    def __init__(self, origins: dict):
+        self.origins = origins
+
+    def where(self, dotted: str) -> str:
+        parts = dotted.split(".")
+        for i in range(len(parts), 0, -1):
+            source = self.origins.get(".".join(parts[:i]))
+            if source:
+                return source
+        return "the defaults"
+
+    def sources_under(self, dotted: str) -> str:
+        """Every source that set a key inside the section ``dotted``."""
+        prefix = f"{dotted}." if dotted else ""
+        sources = {src for key, src in self.origins.items() if key.startswith(prefix) or key == dotted}
+        return ", ".join(sorted(sources)) or "the defaults"
+
+    def build(self, cls: type, data: Any, dotted: str) -> Any:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{dotted or 'config'} (set in {self.where(dotted)}) must be a mapping, "
+                              f"got {data!r}")
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        kwargs = {}
+        for key, value in data.items():
+            full = f"{dotted}.{key}" if dotted else str(key)
+            if key not in names:
+                close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+                hint = f"; did you mean '{dotted + '.' if dotted else ''}{close[0]}'?" if close else \
+                    f"; valid keys here: {', '.join(names)}"
+                raise ConfigError(f"unknown config key '{full}' in {self.where(full)}{hint}")
+            kwargs[key] = self.convert(hints[key], value, full)
+        try:
+            return cls(**kwargs)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"{dotted or 'config'} (set in {self.sources_under(dotted)}): {err}") from err
+
+    def convert(self, tp: Any, value: Any, dotted: str) -> Any:
+        origin = typing.get_origin(tp)
+        if dataclasses.is_dataclass(tp):
+            return self.build(tp, value, dotted)
+        if origin in (Union, types.UnionType):
+            args = typing.get_args(tp)
+            if value is None and type(None) in args:
+                return None
+            errors = []
+            for arg in (a for a in args if a is not type(None)):
+                try:
+                    return self.convert(arg, value, dotted)
+                except ConfigError as err:
+                    errors.append(err)
+            raise self.type_error(tp, value, dotted)
+        if origin is Literal:
+            if value not in typing.get_args(tp):
+                raise self.type_error(tp, value, dotted)
+            return value
+        if origin is list:
+            if not isinstance(value, (list, tuple)):
+                raise self.type_error(tp, value, dotted)
+            (item_type,) = typing.get_args(tp)
+            return [self.convert(item_type, v, f"{dotted}[{i}]") for i, v in enumerate(value)]
+        if tp is bool:
+            if not isinstance(value, bool):
+                raise self.type_error(tp, value, dotted)
+            return value
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self.type_error(tp, value, dotted)
+            return value
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise self.type_error(tp, value, dotted)
+            return float(value)
+        if tp is str:
+            if not isinstance(value, str):
+                raise self.type_error(tp, value, dotted)
+            return value
+        raise TypeError(f"unsupported config type {tp!r} at {dotted}")
+
+    def type_error(self, tp: Any, value: Any, dotted: str) -> ConfigError:
+        return ConfigError(f"config key '{dotted}' (set in {self.where(dotted)}) must be {_type_name(tp)}, "
+                           f"got {value!r}")
+
+
+def config_from_dict(data: dict, origins: dict | None = None) -> Config:
+    """Validate a plain mapping (as read from YAML) into a :class:`Config`."""
+    cfg = _Validator(origins or {}).build(Config, data, "")
+    try:
+        cfg.check()
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return cfg
+
+
+def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:
+    """Load a YAML config with ``_base_`` inheritance and ``KEY=VALUE`` overrides, validated."""
+    origins: dict = {}
+    tree = _load_tree(Path(path), origins)
+    tree = _apply_overrides(tree, overrides, origins)
+    return config_from_dict(tree, origins)
+
+
+def config_to_dict(cfg: Config) -> dict:
+    """The resolved config as plain Python data (what :func:`save_config` writes)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML; loading that file gives back an equal config."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)

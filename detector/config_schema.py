@@ -1,0 +1,247 @@
+"""The config schema: every key a YAML file may set, its type, default and meaning.
+
+Defaults follow the RetinaNet paper's R50-FPN 1x COCO setting (see README "Config reference").
+``Config.check()`` holds the rules that span several keys.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    depth: Literal[18, 34, 50, 101] = 50
+    # A torchvision weight name ("ResNet50_Weights.IMAGENET1K_V1"), a local .pth file, or null (random init).
+    weights: Optional[str] = None
+    norm: Literal["frozen_bn", "bn", "syncbn", "gn"] = "frozen_bn"
+    # 0: nothing frozen; 1: stem; 2: stem + layer1 (the paper and detectron2's FREEZE_AT=2); up to 5.
+    frozen_stages: int = 2
+
+    def __post_init__(self):
+        if not 0 <= self.frozen_stages <= 5:
+            raise ValueError(f"backbone.frozen_stages must be in 0..5, got {self.frozen_stages}")
+
+
+@dataclass(frozen=True)
+class NeckConfig:
+    out_channels: int = 256
+    # P6 from the backbone's C5 (RetinaNet paper, torchvision v2) or from P5 (torchvision v1, FCOS, GFL).
+    p6_from: Literal["c5", "p5"] = "c5"
+    norm: Optional[Literal["gn"]] = None
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    # Base anchor size per FPN level P3..P7 (strides 8..128).
+    sizes: list[float] = field(default_factory=lambda: [32.0, 64.0, 128.0, 256.0, 512.0])
+    scales: list[float] = field(default_factory=lambda: [1.0, 2 ** (1 / 3), 2 ** (2 / 3)])
+    ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # height / width
+
+    def __post_init__(self):
+        if len(self.sizes) != 5:
+            raise ValueError(f"anchors.sizes needs one size per level P3..P7 (5), got {self.sizes}")
+        if not self.scales or not self.ratios or min(self.scales + self.ratios + self.sizes) <= 0:
+            raise ValueError("anchors.scales, ratios and sizes must be non-empty and positive")
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    num_convs: int = 4
+    feat_channels: int = 256
+    norm: Optional[Literal["gn"]] = None
+    prior_prob: float = 0.01
+
+    def __post_init__(self):
+        if not 0.0 < self.prior_prob < 1.0:
+            raise ValueError(f"head.prior_prob must be in (0, 1), got {self.prior_prob}")
+        if self.num_convs < 0 or self.feat_channels <= 0:
+            raise ValueError("head.num_convs must be >= 0 and head.feat_channels > 0")
+
+
+@dataclass(frozen=True)
+class AssignerConfig:
+    type: Literal["max_iou"] = "max_iou"
+    pos_iou_thr: float = 0.5
+    neg_iou_thr: float = 0.4
+    allow_low_quality_matches: bool = True
+    ignore_iof_thr: float = 0.5  # background anchors covered this much by a crowd box are ignored
+
+    def __post_init__(self):
+        if not 0.0 <= self.neg_iou_thr <= self.pos_iou_thr <= 1.0:
+            raise ValueError("assigner needs 0 <= neg_iou_thr <= pos_iou_thr <= 1, got "
+                             f"{self.neg_iou_thr} and {self.pos_iou_thr}")
+
+
+@dataclass(frozen=True)
+class ClsLossConfig:
+    type: Literal["focal"] = "focal"
+    alpha: float = 0.25  # < 0 disables the alpha weighting
+    gamma: float = 2.0
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if self.gamma < 0 or self.weight < 0:
+            raise ValueError("loss_cls.gamma and loss_cls.weight must be >= 0")
+
+
+@dataclass(frozen=True)
+class BoxLossConfig:
+    type: Literal["l1", "smooth_l1", "giou"] = "l1"
+    beta: float = 0.11  # smooth-L1 transition point
+    weight: float = 1.0
+
+    def __post_init__(self):
+        if self.beta < 0 or self.weight < 0:
+            raise ValueError("loss_box.beta and loss_box.weight must be >= 0")
+
+
+@dataclass(frozen=True)
+class BoxCoderConfig:
+    weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0, 1.0])
+    clamp: float = math.log(1000.0 / 16)
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    score_thr: float = 0.05
+    topk_per_level: int = 1000
+    nms_iou: float = 0.5
+    max_dets: int = 100
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    type: Literal["retinanet"] = "retinanet"
+    num_classes: int = 80
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    neck: NeckConfig = field(default_factory=NeckConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    assigner: AssignerConfig = field(default_factory=AssignerConfig)
+    loss_cls: ClsLossConfig = field(default_factory=ClsLossConfig)
+    loss_box: BoxLossConfig = field(default_factory=BoxLossConfig)
+    box_coder: BoxCoderConfig = field(default_factory=BoxCoderConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+    def __post_init__(self):
+        if self.num_classes < 1:
+            raise ValueError(f"model.num_classes must be >= 1, got {self.num_classes}")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    format: Literal["coco", "lvis"] = "coco"
+    ann_file: str = ""
+    img_dir: str = ""
+    filter_empty: bool = False  # drop images without boxes (training)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """When ``enabled``, the synthetic dataset is generated under ``root`` if it is missing."""
+    enabled: bool = False
+    root: str = "data/synthetic"
+    num_train: int = 600
+    num_val: int = 100
+    image_size: int = 256
+    num_classes: int = 6
+    min_object_size: int = 16
+    max_object_size: int = 160
+    max_objects: int = 6
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    train: DatasetConfig = field(default_factory=lambda: DatasetConfig(
+        ann_file="data/coco/annotations/instances_train2017.json", img_dir="data/coco/train2017",
+        filter_empty=True))
+    val: DatasetConfig = field(default_factory=lambda: DatasetConfig(
+        ann_file="data/coco/annotations/instances_val2017.json", img_dir="data/coco/val2017"))
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    batch_size: int = 16  # images per step over all processes (detectron2's IMS_PER_BATCH)
+    test_batch_size: int = 8  # per process
+    num_workers: int = 4  # per process
+    min_size: list[int] = field(default_factory=lambda: [800])  # shorter side(s); several = multi-scale
+    max_size: int = 1333
+    test_min_size: int = 800
+    test_max_size: int = 1333
+    flip_prob: float = 0.5
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    size_divisor: int = 32
+    aspect_ratio_grouping: bool = True
+    on_bad_image: Literal["error", "skip"] = "error"
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.test_batch_size < 1 or self.num_workers < 0:
+            raise ValueError("data.batch_size and data.test_batch_size must be >= 1, num_workers >= 0")
+        if not self.min_size or min(self.min_size) < 1:
+            raise ValueError(f"data.min_size must list positive sizes, got {self.min_size}")
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    # Give the length in epochs or in iterations (set the other to null); steps are in the same unit.
+    epochs: Optional[int] = 12
+    iters: Optional[int] = None
+    steps: list[int] = field(default_factory=lambda: [8, 11])
+    max_iters: Optional[int] = None  # a cap on the iterations actually run (for quick checks)
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    no_decay_norm_bias: bool = False
+    gamma: float = 0.1
+    warmup_iters: int = 500
+    warmup_factor: float = 0.001
+    clip_grad_norm: Optional[float] = None
+
+    def __post_init__(self):
+        if (self.epochs is None) == (self.iters is None):
+            raise ValueError("schedule needs exactly one of epochs and iters (set the other to null)")
+        length = self.epochs if self.epochs is not None else self.iters
+        if length < 1:
+            raise ValueError(f"schedule length must be >= 1, got {length}")
+        if any(s < 0 or s > length for s in self.steps) or list(self.steps) != sorted(self.steps):
+            raise ValueError(f"schedule.steps must be increasing and within the schedule, got {self.steps}")
+        if self.max_iters is not None and self.max_iters < 1:
+            raise ValueError(f"schedule.max_iters must be >= 1, got {self.max_iters}")
+        if self.lr <= 0 or self.warmup_iters < 0 or not 0 < self.warmup_factor <= 1:
+            raise ValueError("schedule.lr must be > 0, warmup_iters >= 0, warmup_factor in (0, 1]")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    seed: int = 0
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    amp: Literal["off", "bf16", "fp16"] = "off"
+    log_interval: int = 20
+    checkpoint_interval: int = 0  # iterations between kept checkpoints; 0: only last.pt at the end
+    keep_checkpoints: int = 3
+    eval_interval: int = 0  # iterations between evaluations; 0: only at the end
+    eval_at_end: bool = True
+    deterministic: bool = False
+    channels_last: bool = False
+
+    def __post_init__(self):
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"runtime.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.log_interval < 1 or self.checkpoint_interval < 0 or self.eval_interval < 0:
+            raise ValueError("runtime.log_interval must be >= 1; checkpoint and eval intervals >= 0")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def check(self) -> None:
+        """Rules that span sections; raises ValueError naming the keys."""
+        if self.data.synthetic.enabled and self.data.synthetic.num_classes != self.model.num_classes:
+            raise ValueError(f"data.synthetic.num_classes ({self.data.synthetic.num_classes}) must equal "
+                             f"model.num_classes ({self.model.num_classes})")
