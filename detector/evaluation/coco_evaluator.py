@@ -1,0 +1,236 @@
+"""COCO box evaluation with pycocotools' COCOeval.
+
+``COCOEvaluator.evaluate(results, per_class=False) -> dict`` is the shape every evaluator in this package
+follows (an LVIS evaluator returns the same flat dict plus APr/APc/APf), so ``tools/eval.py`` and the
+trainer can treat them alike.
+
+What this wrapper adds to pycocotools:
+
+* ``max_dets`` is honoured everywhere: ``params.maxDets`` becomes ``[1, 10, max_dets]`` and the headline
+  numbers are read from the precision/recall arrays at ``max_dets`` with exactly the averaging of
+  ``COCOeval.summarize`` (mean over entries > -1).  ``summarize`` itself hard-codes 100 for AP and would
+  return -1 for any other ``max_dets``.
+* An empty result list is evaluated as "no detections" (``COCO.loadRes`` raises on ``[]``): every metric
+  with ground truth is 0.0; a warning is logged.
+* Results are restricted to the evaluated images and known categories (others are dropped with a warning;
+  ``loadRes`` would fail on unknown images).
+* pycocotools' prints are captured and logged at DEBUG level.
+
+Metric values are fractions in [0, 1] as pycocotools reports them; -1.0 means "no ground truth in this
+area range" (pycocotools' convention).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+__all__ = ["COCOEvaluator"]
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+def _run_quietly(fn: Callable[..., _T], *args: object) -> _T:
+    """Call ``fn(*args)`` with stdout captured; the captured text is logged at DEBUG level."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            return fn(*args)
+    finally:
+        text = buffer.getvalue().strip()
+        if text:
+            logger.debug("pycocotools output:\n%s", text)
+
+
+def _mean_valid(values: np.ndarray) -> float:
+    """Mean over entries > -1 (COCOeval.summarize's rule); -1.0 when there are none."""
+    valid = values[values > -1]
+    return float(np.mean(valid)) if valid.size else -1.0
+
+
+def _index_of(thresholds: np.ndarray, value: float) -> int:
+    """Index of ``value`` in ``thresholds`` (a float grid from np.linspace)."""
+    matches = np.flatnonzero(np.isclose(thresholds, value))
+    if matches.size != 1:
+        raise ValueError(f"threshold {value} not found in {thresholds.tolist()}")
+    return int(matches[0])
+
+
+class COCOEvaluator:
+    """Box AP on a COCO-format ground-truth file.
+
+    Args:
+        ann_file: COCO-format annotation JSON (ground truth).
+        max_dets: detections per image that count (top-scoring first); 100 for COCO.
+        image_ids: evaluate on these images only (e.g. a subset that was inferred); default all images
+            of the annotation file.
+
+    Use ``COCOEvaluator.from_coco(coco, ...)`` to reuse an already-loaded ``pycocotools.coco.COCO``.
+    """
+
+    def __init__(
+        self,
+        ann_file: str | os.PathLike,
+        max_dets: int = 100,
+        image_ids: Iterable[int] | None = None,
+    ) -> None:
+        ann_file = Path(ann_file)
+        if not ann_file.is_file():
+            raise FileNotFoundError(f"annotation file {ann_file} does not exist")
+        coco_gt = _run_quietly(COCO, str(ann_file))
+        self._setup(coco_gt, max_dets=max_dets, image_ids=image_ids)
+
+    @classmethod
+    def from_coco(
+        cls,
+        coco: COCO,
+        max_dets: int = 100,
+        image_ids: Iterable[int] | None = None,
+    ) -> COCOEvaluator:
+        """Build an evaluator around an already-loaded pycocotools ``COCO`` ground truth."""
+        evaluator = cls.__new__(cls)
+        evaluator._setup(coco, max_dets=max_dets, image_ids=image_ids)
+        return evaluator
+
+    def _setup(self, coco_gt: COCO, max_dets: int, image_ids: Iterable[int] | None) -> None:
+        if int(max_dets) != max_dets or max_dets < 1:
+            raise ValueError(f"max_dets must be a positive integer, got {max_dets!r}")
+        self.coco_gt = coco_gt
+        self.max_dets = int(max_dets)
+        all_image_ids = set(coco_gt.getImgIds())
+        if image_ids is None:
+            self.image_ids = sorted(all_image_ids)
+        else:
+            self.image_ids = sorted({int(i) for i in image_ids})
+            unknown = sorted(set(self.image_ids) - all_image_ids)
+            if unknown:
+                raise ValueError(f"image ids {unknown[:10]} are not in the ground truth")
+        self.cat_ids = sorted(coco_gt.getCatIds())
+        self.class_names = self._unique_class_names()
+        # [1, 10, max_dets] with nothing above max_dets: max_dets is the last (largest) entry, which
+        # COCOeval.evaluateImg uses as the per-image cap.
+        self.max_dets_thresholds = sorted({m for m in (1, 10) if m < self.max_dets} | {self.max_dets})
+
+    def _unique_class_names(self) -> list[str]:
+        """Category names in ``cat_ids`` order; a duplicated name gets its id appended."""
+        names = [self.coco_gt.cats[cat_id].get("name", str(cat_id)) for cat_id in self.cat_ids]
+        duplicated = {name for name in names if names.count(name) > 1}
+        return [
+            f"{name} ({cat_id})" if name in duplicated else name
+            for name, cat_id in zip(names, self.cat_ids)
+        ]
+
+    def _restrict(self, results: list[dict]) -> list[dict]:
+        """Keep results on evaluated images and known categories (copies: loadRes mutates its input)."""
+        image_ids, cat_ids = set(self.image_ids), set(self.cat_ids)
+        try:
+            kept = [
+                dict(result)
+                for result in results
+                if result["image_id"] in image_ids and result["category_id"] in cat_ids
+            ]
+        except (KeyError, TypeError) as error:
+            raise ValueError(
+                "every result must be a dict with image_id, category_id, bbox and score"
+            ) from error
+        num_dropped = len(results) - len(kept)
+        if num_dropped:
+            logger.warning(
+                "dropped %d of %d detections whose image is not evaluated or whose category is unknown",
+                num_dropped,
+                len(results),
+            )
+        return kept
+
+    def _detections_to_coco(self, results: list[dict]) -> COCO:
+        """A pycocotools COCO object holding the detections (also for an empty list)."""
+        if results:
+            return _run_quietly(self.coco_gt.loadRes, results)
+        # loadRes indexes results[0], so build "no detections" by hand.
+        coco_dt = COCO()
+        coco_dt.dataset = {
+            "images": list(self.coco_gt.dataset["images"]),
+            "categories": copy.deepcopy(self.coco_gt.dataset["categories"]),
+            "annotations": [],
+        }
+        _run_quietly(coco_dt.createIndex)
+        return coco_dt
+
+    def evaluate(self, results: list[dict], per_class: bool = False) -> dict:
+        """Score COCO-format results.
+
+        Args:
+            results: COCO result dicts (``image_id``, ``category_id``, ``bbox`` xywh, ``score``).
+            per_class: also return ``"per_class"``: {class name: AP}.
+
+        Returns:
+            A flat dict of fractions: ``AP, AP50, AP75, APs, APm, APl`` (equal to pycocotools'
+            ``stats[0:6]`` when max_dets is 100), ``AR1, AR10, AR<max_dets>`` (the thresholds at or
+            below max_dets), ``ARs, ARm, ARl`` (at max_dets), and with ``per_class`` a dict
+            {class name: AP averaged over IoU 0.50:0.95, all recall points, area "all", max_dets}.
+            A class without ground truth in the evaluated images has no AP: its value is ``None``
+            (JSON null). -1.0 marks an area range without ground truth, as in pycocotools.
+        """
+        results = self._restrict(results)
+        if not results:
+            logger.warning("no detections to evaluate: every AP and AR with ground truth is 0")
+        coco_eval = COCOeval(self.coco_gt, self._detections_to_coco(results), iouType="bbox")
+        coco_eval.params.imgIds = self.image_ids
+        coco_eval.params.catIds = self.cat_ids
+        coco_eval.params.maxDets = self.max_dets_thresholds
+        _run_quietly(coco_eval.evaluate)
+        _run_quietly(coco_eval.accumulate)
+
+        metrics = self._summarize(coco_eval)
+        if per_class:
+            metrics["per_class"] = self._per_class_ap(coco_eval)
+        logger.debug("COCO metrics: %s", {k: v for k, v in metrics.items() if k != "per_class"})
+        return metrics
+
+    def _summarize(self, coco_eval: COCOeval) -> dict[str, float]:
+        """Headline AP/AR numbers, averaged exactly as ``COCOeval.summarize`` does."""
+        params = coco_eval.params
+        precision = coco_eval.eval["precision"]  # (T iou, R recall, K class, A area, M max dets)
+        recall = coco_eval.eval["recall"]  # (T, K, A, M)
+        area = {label: index for index, label in enumerate(params.areaRngLbl)}
+        top = len(params.maxDets) - 1  # index of max_dets
+        iou_50 = _index_of(params.iouThrs, 0.5)
+        iou_75 = _index_of(params.iouThrs, 0.75)
+
+        metrics = {
+            "AP": _mean_valid(precision[:, :, :, area["all"], top]),
+            "AP50": _mean_valid(precision[iou_50, :, :, area["all"], top]),
+            "AP75": _mean_valid(precision[iou_75, :, :, area["all"], top]),
+            "APs": _mean_valid(precision[:, :, :, area["small"], top]),
+            "APm": _mean_valid(precision[:, :, :, area["medium"], top]),
+            "APl": _mean_valid(precision[:, :, :, area["large"], top]),
+        }
+        for index, max_dets in enumerate(params.maxDets):
+            metrics[f"AR{max_dets}"] = _mean_valid(recall[:, :, area["all"], index])
+        metrics["ARs"] = _mean_valid(recall[:, :, area["small"], top])
+        metrics["ARm"] = _mean_valid(recall[:, :, area["medium"], top])
+        metrics["ARl"] = _mean_valid(recall[:, :, area["large"], top])
+        return metrics
+
+    def _per_class_ap(self, coco_eval: COCOeval) -> dict[str, float | None]:
+        """{class name: AP} from the precision array; None for classes without ground truth."""
+        precision = coco_eval.eval["precision"]  # (T, R, K, A, M)
+        area_all = list(coco_eval.params.areaRngLbl).index("all")
+        top = len(coco_eval.params.maxDets) - 1
+        per_class: dict[str, float | None] = {}
+        for class_index, name in enumerate(self.class_names):
+            ap = _mean_valid(precision[:, :, class_index, area_all, top])
+            per_class[name] = None if ap < 0 else ap
+        return per_class
