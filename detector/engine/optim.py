@@ -1,0 +1,161 @@
+"""Optimizer construction and gradient clipping.
+
+The detectors in this project are trained with SGD + momentum, as in the RetinaNet, ATSS and GFL papers
+(lr 0.01 for a total batch of 16, momentum 0.9, weight decay 1e-4). This module builds the parameter groups
+(optionally exempting normalisation layers and biases from weight decay, as detectron2's
+``WEIGHT_DECAY_NORM = 0`` and mmdetection's ``norm_decay_mult = 0`` do), the SGD optimizer itself, and a
+small gradient-clipping wrapper the trainer calls once per iteration.
+
+Nothing here reads a config: :func:`build_optimizer` takes explicit keyword arguments and the trainer
+(or ``tools/``) maps config values onto them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["NORM_LAYER_TYPES", "build_param_groups", "build_optimizer", "clip_gradients"]
+
+
+def _norm_layer_types() -> tuple[type[nn.Module], ...]:
+    """Module classes whose parameters count as normalisation parameters.
+
+    ``_BatchNorm`` is the common base of ``BatchNorm1d/2d/3d``, their lazy variants and ``SyncBatchNorm``;
+    ``_InstanceNorm`` covers ``InstanceNorm1d/2d/3d``. Both bases are private in torch but have been stable
+    since 1.0 and are the only way to catch every subclass (including user subclasses) by type.
+    torchvision's ``FrozenBatchNorm2d`` holds buffers only, so it never contributes parameters.
+    """
+    types: list[type[nn.Module]] = [
+        nn.modules.batchnorm._BatchNorm,
+        nn.modules.instancenorm._InstanceNorm,
+        nn.GroupNorm,
+        nn.LayerNorm,
+        nn.LocalResponseNorm,
+    ]
+    rms_norm = getattr(nn, "RMSNorm", None)  # torch >= 2.4
+    if rms_norm is not None:
+        types.append(rms_norm)
+    return tuple(types)
+
+
+NORM_LAYER_TYPES: tuple[type[nn.Module], ...] = _norm_layer_types()
+
+
+def build_param_groups(model: nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
+    """Split the trainable parameters of ``model`` into optimizer parameter groups.
+
+    Args:
+        model: the module whose parameters are optimised. A DDP-wrapped model works too (its parameters are
+            those of ``model.module``).
+        weight_decay: L2 weight decay for the ordinary ("decay") parameters.
+        no_decay_norm_bias: when True, the parameters of normalisation layers (any module in
+            :data:`NORM_LAYER_TYPES`: BatchNorm*, SyncBatchNorm, GroupNorm, LayerNorm, InstanceNorm*, RMSNorm)
+            and every parameter named ``bias`` get ``weight_decay = 0``.
+
+    Returns:
+        A list of one or two dicts ``{"params": [...], "weight_decay": float, "name": "decay" | "no_decay"}``.
+        Frozen parameters (``requires_grad=False``) are left out, every trainable parameter appears in exactly
+        one group (parameters shared between modules are counted once), and empty groups are omitted.
+        The ``name`` entry is ignored by torch optimizers and only helps logging.
+
+    Raises:
+        ValueError: if ``model`` has no trainable parameter or ``weight_decay`` is negative.
+    """
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+
+    no_decay_ids: set[int] = set()
+    if no_decay_norm_bias:
+        for module in model.modules():
+            is_norm = isinstance(module, NORM_LAYER_TYPES)
+            for param_name, param in module.named_parameters(recurse=False):
+                if is_norm or param_name == "bias":
+                    no_decay_ids.add(id(param))
+
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    # named_parameters() de-duplicates shared (tied) parameters, so each tensor is visited once.
+    for _, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if id(param) in no_decay_ids else decay).append(param)
+
+    if not decay and not no_decay:
+        raise ValueError(f"{type(model).__name__} has no trainable parameters")
+
+    groups: list[dict] = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": float(weight_decay), "name": "decay"})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0, "name": "no_decay"})
+    return groups
+
+
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    momentum: float = 0.9,
+    weight_decay: float = 1e-4,
+    no_decay_norm_bias: bool = False,
+    nesterov: bool = False,
+) -> torch.optim.SGD:
+    """Build SGD with momentum over the trainable parameters of ``model``.
+
+    Args:
+        model: the (possibly DDP-wrapped) detector.
+        lr: base learning rate (the LR schedule scales it; see :mod:`detector.engine.lr_schedule`).
+        momentum: SGD momentum factor.
+        weight_decay: L2 weight decay of the "decay" group.
+        no_decay_norm_bias: exempt normalisation parameters and biases from weight decay
+            (see :func:`build_param_groups`).
+        nesterov: use Nesterov momentum (requires ``momentum > 0``).
+
+    Returns:
+        A ``torch.optim.SGD`` using the multi-tensor (``foreach``) implementation, which batches the update
+        of all parameters into a few kernels on CUDA and is also supported on the CPU.
+    """
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    if momentum < 0:
+        raise ValueError(f"momentum must be >= 0, got {momentum}")
+    if nesterov and momentum <= 0:
+        raise ValueError("nesterov=True requires momentum > 0")
+    groups = build_param_groups(model, weight_decay=weight_decay, no_decay_norm_bias=no_decay_norm_bias)
+    return torch.optim.SGD(
+        groups,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        nesterov=nesterov,
+        foreach=True,
+    )
+
+
+def clip_gradients(parameters: Iterable[torch.Tensor], max_norm: float | None) -> float | None:
+    """Clip the global L2 norm of the gradients in place.
+
+    Args:
+        parameters: the parameters whose ``.grad`` is clipped (e.g. ``model.parameters()``); parameters
+            without a gradient are skipped.
+        max_norm: maximum total norm. ``None`` or ``0`` disables clipping.
+
+    Returns:
+        The total gradient norm *before* clipping as a Python float (``inf``/``nan`` when a gradient is not
+        finite, so the caller can skip the step or stop), ``0.0`` when no parameter has a gradient, and
+        ``None`` when clipping is disabled (no norm is computed, saving a device synchronisation).
+
+    With AMP the caller must ``scaler.unscale_(optimizer)`` first, otherwise the norm is that of the
+    scaled gradients. Converting the norm to a float synchronises with the device once per call.
+    """
+    if not max_norm:
+        return None
+    if max_norm < 0:
+        raise ValueError(f"max_norm must be > 0 (or None/0 to disable), got {max_norm}")
+    with_grad = [p for p in parameters if p.grad is not None]
+    if not with_grad:
+        return 0.0
+    total_norm = nn.utils.clip_grad_norm_(with_grad, max_norm=float(max_norm))
+    return float(total_norm)
