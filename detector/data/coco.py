@@ -1,0 +1,279 @@
+"""COCO-format detection dataset.
+
+`CocoDetection` reads a COCO-format annotation file once, validates it, converts every box to xyxy in
+pixels (clipped to its image) and keeps the result in flat arrays, so that `__getitem__` only decodes the
+image and slices the arrays. Flat numpy arrays (rather than one Python list per image) also keep the
+dataset cheap to share with forked DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+import os
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+logger = logging.getLogger("detector.data")
+
+_REQUIRED_KEYS = ("images", "annotations", "categories")
+_BAD_IMAGE_POLICIES = ("error", "skip")
+
+
+class BadImageError(RuntimeError):
+    """An image file is missing, unreadable or disagrees with its annotation entry."""
+
+
+def _load_coco_json(ann_file: str) -> dict:
+    """Read and shape-check a COCO-format JSON file; every error names the file."""
+    try:
+        with open(ann_file, "r", encoding="utf-8") as f:
+            dataset = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{ann_file}: not valid JSON ({err})") from err
+    if not isinstance(dataset, dict):
+        raise ValueError(f"{ann_file}: not a COCO-format file (top level is {type(dataset).__name__}, expected an object)")
+    missing = [key for key in _REQUIRED_KEYS if key not in dataset]
+    if missing:
+        raise ValueError(f"{ann_file}: not a COCO-format detection file, missing key(s) {missing}")
+    for key in _REQUIRED_KEYS:
+        if not isinstance(dataset[key], list):
+            raise ValueError(f"{ann_file}: key {key!r} must hold a list, got {type(dataset[key]).__name__}")
+    return dataset
+
+
+class CocoDetection(Dataset):
+    """Detection dataset over a COCO-format annotation file and an image folder.
+
+    Args:
+        ann_file: path to the COCO-format JSON (keys "images", "annotations", "categories").
+        img_dir: folder holding the images named by each image's "file_name".
+        transforms: optional callable `(image_uint8, target) -> (image, target)`, e.g. `build_transforms(...)`.
+        filter_empty: drop images without any non-crowd box (used for training).
+        on_bad_image: "error" raises on a missing or corrupt image; "skip" replaces the sample with the next
+            valid index, warns and increments `num_skipped_images` (counted per process, so per worker).
+
+    `__getitem__(i)` returns `(image, target)`; target holds `boxes` (G, 4) float32 xyxy, `labels` (G,) int64
+    contiguous 0-based, `ignore_boxes` (C, 4) float32 crowd regions, `image_id` (original id), `orig_size`
+    (h, w) of the file and `img_size` (h, w) after the transforms' resize (before any batch padding).
+    """
+
+    def __init__(
+        self,
+        ann_file: str,
+        img_dir: str,
+        transforms=None,
+        filter_empty: bool = False,
+        on_bad_image: str = "error",
+    ) -> None:
+        if on_bad_image not in _BAD_IMAGE_POLICIES:
+            raise ValueError(f"on_bad_image must be one of {_BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
+        if not os.path.isfile(ann_file):
+            raise FileNotFoundError(f"annotation file not found: {ann_file}")
+        if not os.path.isdir(img_dir):
+            raise FileNotFoundError(f"image directory not found: {img_dir}")
+        self.ann_file = ann_file
+        self.img_dir = img_dir
+        self.transforms = transforms
+        self.filter_empty = filter_empty
+        self.on_bad_image = on_bad_image
+        self.num_skipped_images = 0
+
+        dataset = _load_coco_json(ann_file)
+        self._coco: COCO | None = None
+        for cat in dataset["categories"]:
+            if not isinstance(cat, dict) or "id" not in cat:
+                raise ValueError(f"{ann_file}: category entry {cat!r} lacks an 'id'")
+        categories = sorted(dataset["categories"], key=lambda cat: cat["id"])
+        self.cat_ids: list[int] = [int(cat["id"]) for cat in categories]  # label -> original category id
+        self.class_names: list[str] = [str(cat.get("name", cat["id"])) for cat in categories]
+        self.label_to_cat_id = self.cat_ids
+        self.cat_id_to_label: dict[int, int] = {cat_id: label for label, cat_id in enumerate(self.cat_ids)}
+        self.num_classes = len(self.cat_ids)
+        self._parse_annotations(dataset)
+        logger.info(
+            "%s: %d images (%d filtered out), %d boxes, %d crowd regions, %d boxes clipped, %d dropped as empty",
+            ann_file, self.stats["num_images"], self.stats["num_filtered_images"], self.stats["num_boxes"],
+            self.stats["num_crowd"], self.stats["num_clipped"], self.stats["num_dropped"],
+        )
+
+    # ------------------------------------------------------------------ parsing
+    def _parse_annotations(self, dataset: dict) -> None:
+        """Validate annotations and store per-image boxes as flat arrays with offsets."""
+        ann_file = self.ann_file
+        image_index = {}
+        for img in dataset["images"]:
+            if not isinstance(img, dict) or "id" not in img:
+                raise ValueError(f"{ann_file}: image entry {img!r} lacks an 'id'")
+        images = sorted(dataset["images"], key=lambda img: img["id"])
+        for img in images:
+            for key in ("id", "file_name", "height", "width"):
+                if key not in img:
+                    raise ValueError(f"{ann_file}: image entry {img.get('id', img)} lacks {key!r}")
+            image_index[int(img["id"])] = len(image_index)
+        num_all = len(images)
+        per_image_boxes: list[list[list[float]]] = [[] for _ in range(num_all)]
+        per_image_labels: list[list[int]] = [[] for _ in range(num_all)]
+        per_image_crowd: list[list[list[float]]] = [[] for _ in range(num_all)]
+        num_clipped = num_dropped = 0
+
+        for ann in dataset["annotations"]:
+            if not isinstance(ann, dict):
+                raise ValueError(f"{ann_file}: annotation entry {ann!r} is not an object")
+            ann_id, image_id = ann.get("id"), ann.get("image_id")
+            where = f"annotation id {ann_id} (image id {image_id})"
+            if ann_id is None:
+                raise ValueError(f"{ann_file}: {where} lacks an 'id'")
+            if image_id not in image_index:
+                raise ValueError(f"{ann_file}: {where} refers to an image id not in 'images'")
+            cat_id = ann.get("category_id")
+            if cat_id not in self.cat_id_to_label:
+                raise ValueError(f"{ann_file}: {where} has category_id {cat_id}, which is not in 'categories'")
+            bbox = ann.get("bbox")
+            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+                raise ValueError(f"{ann_file}: {where} has a malformed bbox {bbox!r} (expected [x, y, w, h])")
+            x, y, w, h = (float(v) for v in bbox)
+            if not all(math.isfinite(v) for v in (x, y, w, h)):
+                raise ValueError(f"{ann_file}: {where} has a non-finite bbox {bbox!r}")
+            index = image_index[image_id]
+            img = images[index]
+            img_w, img_h = float(img["width"]), float(img["height"])
+            x1, y1 = max(x, 0.0), max(y, 0.0)  # xywh -> xyxy, clipped to the image
+            x2, y2 = min(x + w, img_w), min(y + h, img_h)
+            if x2 <= x1 or y2 <= y1:
+                num_dropped += 1
+                continue
+            if (x1, y1, x2, y2) != (x, y, x + w, y + h):
+                num_clipped += 1
+            if ann.get("iscrowd", 0):
+                per_image_crowd[index].append([x1, y1, x2, y2])
+            else:
+                per_image_boxes[index].append([x1, y1, x2, y2])
+                per_image_labels[index].append(self.cat_id_to_label[cat_id])
+
+        keep = [i for i in range(num_all) if per_image_boxes[i] or not self.filter_empty]
+        self.image_ids: list[int] = [int(images[i]["id"]) for i in keep]
+        self._file_names: list[str] = [str(images[i]["file_name"]) for i in keep]
+        self._heights = np.array([int(images[i]["height"]) for i in keep], dtype=np.int64)  # (N,)
+        self._widths = np.array([int(images[i]["width"]) for i in keep], dtype=np.int64)  # (N,)
+        self._gt_boxes, self._box_offsets = _flatten([per_image_boxes[i] for i in keep])
+        self._gt_labels = np.array([l for i in keep for l in per_image_labels[i]], dtype=np.int64)  # (sum G,)
+        self._ignore_boxes, self._ignore_offsets = _flatten([per_image_crowd[i] for i in keep])
+        num_boxes_per_image = np.diff(self._box_offsets)
+        self.stats = {
+            "num_images": len(keep),
+            "num_filtered_images": num_all - len(keep),
+            "num_empty_images": int((num_boxes_per_image == 0).sum()),
+            "num_boxes": int(len(self._gt_labels)),
+            "num_crowd": int(len(self._ignore_boxes)),
+            "num_clipped": num_clipped,
+            "num_dropped": num_dropped,
+        }
+
+    @property
+    def coco(self) -> COCO:
+        """pycocotools index of the annotation file, built on first use (evaluators need it, workers do not)."""
+        if self._coco is None:
+            coco = COCO()
+            with open(self.ann_file, "r", encoding="utf-8") as f:
+                coco.dataset = json.load(f)
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+                coco.createIndex()
+            self._coco = coco
+        return self._coco
+
+    # ------------------------------------------------------------------ metadata (no decoding)
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def get_image_info(self, index: int) -> dict:
+        """Return {"id", "file_name", "height", "width"} of image `index` from the JSON, without decoding."""
+        return {
+            "id": self.image_ids[index],
+            "file_name": self._file_names[index],
+            "height": int(self._heights[index]),
+            "width": int(self._widths[index]),
+        }
+
+    def aspect_ratios(self) -> list[float]:
+        """Height / width of every image, from the JSON (for aspect-ratio grouping)."""
+        return (self._heights / self._widths).tolist()
+
+    def image_category_ids(self) -> list[list[int]]:
+        """Original category ids of the non-crowd boxes of every image (e.g. for repeat-factor sampling)."""
+        return [
+            sorted({self.cat_ids[label] for label in self._gt_labels[start:end].tolist()})
+            for start, end in zip(self._box_offsets[:-1], self._box_offsets[1:])
+        ]
+
+    def image_path(self, index: int) -> str:
+        """Full path of image `index`."""
+        return os.path.join(self.img_dir, self._file_names[index])
+
+    # ------------------------------------------------------------------ loading
+    def load_image(self, index: int) -> torch.Tensor:
+        """Decode image `index` as uint8 RGB (3, H, W); raise BadImageError naming the file and image id."""
+        path = self.image_path(index)
+        image_id = self.image_ids[index]
+        if not os.path.isfile(path):
+            raise BadImageError(f"image file not found: {path} (image id {image_id})")
+        try:
+            image = decode_image(read_file(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8
+        except (RuntimeError, ValueError) as err:
+            raise BadImageError(f"cannot decode image {path} (image id {image_id}): {err}") from err
+        expected = (int(self._heights[index]), int(self._widths[index]))
+        if tuple(image.shape[-2:]) != expected:
+            raise BadImageError(
+                f"image {path} (image id {image_id}) decodes to size {tuple(image.shape[-2:])} but its "
+                f"annotation says (height, width) = {expected}"
+            )
+        return image
+
+    def get_target(self, index: int) -> dict:
+        """Untransformed target of image `index` (boxes in original pixels)."""
+        start, end = self._box_offsets[index], self._box_offsets[index + 1]
+        ign_start, ign_end = self._ignore_offsets[index], self._ignore_offsets[index + 1]
+        orig_size = (int(self._heights[index]), int(self._widths[index]))
+        return {
+            "boxes": torch.from_numpy(self._gt_boxes[start:end].copy()),  # (G, 4)
+            "labels": torch.from_numpy(self._gt_labels[start:end].copy()),  # (G,)
+            "ignore_boxes": torch.from_numpy(self._ignore_boxes[ign_start:ign_end].copy()),  # (C, 4)
+            "image_id": self.image_ids[index],
+            "orig_size": orig_size,
+            "img_size": orig_size,
+        }
+
+    def __getitem__(self, index: int):
+        image = None
+        for attempt in range(len(self)):
+            current = (index + attempt) % len(self)
+            try:
+                image = self.load_image(current)
+                break
+            except BadImageError as err:
+                if self.on_bad_image == "error":
+                    raise
+                self.num_skipped_images += 1
+                logger.warning("skipping bad image (%d skipped so far): %s", self.num_skipped_images, err)
+        if image is None:
+            raise BadImageError(f"{self.ann_file}: no readable image in {self.img_dir}")
+        target = self.get_target(current)
+        if self.transforms is not None:
+            image, target = self.transforms(image, target)
+        return image, target
+
+
+def _flatten(per_image: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate per-image box lists into one (sum N, 4) float32 array and (num_images + 1,) offsets."""
+    counts = np.array([len(boxes) for boxes in per_image], dtype=np.int64)
+    offsets = np.concatenate([np.zeros(1, dtype=np.int64), np.cumsum(counts)])
+    flat = [box for boxes in per_image for box in boxes]
+    array = np.array(flat, dtype=np.float32).reshape(-1, 4)
+    return array, offsets

@@ -1,0 +1,142 @@
+"""Batch samplers for training (shuffled, distributed, aspect-ratio grouped) and inference (sharded)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+
+class GroupedBatchSampler(Sampler[list[int]]):
+    """Yield batches of dataset indices for one rank, grouping images of the same orientation.
+
+    Per epoch: permute `range(len(aspect_ratios))` with a generator seeded by `seed + epoch` (the same on
+    every rank), pad the permutation by repeating its head so its length divides by `world_size`, and take
+    this rank's shard `indices[rank::world_size]`. With `group_by_aspect_ratio`, walk the shard and put each
+    index into the bucket of its orientation (portrait/square h/w >= 1, or landscape h/w < 1); a bucket that
+    reaches `batch_size` is yielded as a batch, so batched images need little padding.
+
+    The indices left in the two buckets at the end of the shard are merged in shard order and cut into
+    batches of `batch_size`: with `drop_last` a final incomplete batch is dropped, otherwise it is yielded.
+    (At most one merged batch is complete and so mixes orientations.) This makes every rank yield exactly
+    `shard_size // batch_size` batches (`ceil` without `drop_last`) in every epoch, whatever the permutation:
+    `len()` is exact and all ranks stay in step, which DDP's collective calls require.
+
+    `set_epoch(epoch, start_batch)` selects the permutation; the next `__iter__` then skips the first
+    `start_batch` batches of that epoch (to resume mid-epoch exactly) and resets `start_batch` to 0.
+    """
+
+    def __init__(
+        self,
+        aspect_ratios: Sequence[float],
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        group_by_aspect_ratio: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = True,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if len(aspect_ratios) == 0:
+            raise ValueError("GroupedBatchSampler needs a non-empty dataset")
+        self.is_portrait = [float(ratio) >= 1.0 for ratio in aspect_ratios]  # h / w >= 1
+        self.num_images = len(aspect_ratios)
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.group_by_aspect_ratio = group_by_aspect_ratio
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+        self.epoch = 0
+        self.start_batch = 0
+        self.shard_size = -(-self.num_images // world_size)  # ceil: every rank gets the same count
+
+    @property
+    def num_batches_per_epoch(self) -> int:
+        """Batches a full epoch yields on this rank (the same on every rank)."""
+        if self.drop_last:
+            return self.shard_size // self.batch_size
+        return -(-self.shard_size // self.batch_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's permutation; the next iteration starts at batch `start_batch` of it."""
+        if not 0 <= start_batch <= self.num_batches_per_epoch:
+            raise ValueError(f"start_batch must be in [0, {self.num_batches_per_epoch}], got {start_batch}")
+        self.epoch = int(epoch)
+        self.start_batch = int(start_batch)
+
+    def _shard_indices(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator()
+            generator.manual_seed(self.seed + self.epoch)
+            indices = torch.randperm(self.num_images, generator=generator).tolist()
+        else:
+            indices = list(range(self.num_images))
+        total = self.shard_size * self.world_size
+        while len(indices) < total:  # pad by repeating the head (repeat more than once if tiny)
+            indices += indices[: total - len(indices)]
+        return indices[self.rank :: self.world_size]
+
+    def _batches(self) -> list[list[int]]:
+        shard = self._shard_indices()
+        if not self.group_by_aspect_ratio:
+            leftovers = shard
+            batches: list[list[int]] = []
+        else:
+            # Buckets hold positions in the shard so that leftovers can be put back in shard order.
+            buckets: dict[bool, list[int]] = {True: [], False: []}
+            batches = []
+            for position, index in enumerate(shard):
+                bucket = buckets[self.is_portrait[index]]
+                bucket.append(position)
+                if len(bucket) == self.batch_size:
+                    batches.append([shard[p] for p in bucket])
+                    bucket.clear()
+            leftovers = [shard[p] for p in sorted(buckets[True] + buckets[False])]
+        for start in range(0, len(leftovers), self.batch_size):
+            batch = leftovers[start : start + self.batch_size]
+            if len(batch) == self.batch_size or not self.drop_last:
+                batches.append(batch)
+        assert len(batches) == self.num_batches_per_epoch
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._batches()[self.start_batch :]
+        self.start_batch = 0
+        return iter(batches)
+
+    def __len__(self) -> int:
+        """Batches the next `__iter__` yields: a full epoch, less `start_batch` when resuming."""
+        return self.num_batches_per_epoch - self.start_batch
+
+
+class InferenceSampler(Sampler[int]):
+    """Split `range(size)` into `world_size` contiguous shards, without padding or duplicates.
+
+    Shard sizes differ by at most one (the first `size % world_size` ranks get one more); the union over ranks
+    is exactly `range(size)`, so gathered predictions cover every image once.
+    """
+
+    def __init__(self, size: int, rank: int = 0, world_size: int = 1) -> None:
+        if size < 0:
+            raise ValueError(f"size must be >= 0, got {size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.size = int(size)
+        self.rank = rank
+        self.world_size = world_size
+        base, extra = divmod(self.size, world_size)
+        self.begin = rank * base + min(rank, extra)
+        self.end = self.begin + base + (1 if rank < extra else 0)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.begin, self.end))
+
+    def __len__(self) -> int:
+        return self.end - self.begin
