@@ -1,0 +1,230 @@
+"""Tests for detector.engine.checkpoint: atomic saves, rolling checkpoints, model-state loading, RNG state."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from detector.engine import checkpoint as ckpt
+from detector.engine.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    StateDictMismatchError,
+    capture_rng_state,
+    load_checkpoint,
+    load_model_state,
+    restore_rng_state,
+    save_checkpoint,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _state(value: float) -> dict:
+    return {"model": {"w": torch.full((4, 4), value)}, "iteration": int(value), "meta": ["a", 1, 2.5, None]}
+
+
+def test_save_load_round_trip(tmp_path):
+    path = tmp_path / "sub" / "ckpt.pt"
+    save_checkpoint(path, _state(3.0))
+    state = load_checkpoint(path)
+    assert torch.equal(state["model"]["w"], torch.full((4, 4), 3.0))
+    assert state["iteration"] == 3 and state["meta"] == ["a", 1, 2.5, None]
+    assert os.listdir(path.parent) == ["ckpt.pt"]
+
+
+def test_save_rejects_values_weights_only_cannot_load(tmp_path):
+    path = tmp_path / "bad.pt"
+    with pytest.raises(TypeError, match=r"state\['metrics'\]\['ap'\].*numpy"):
+        save_checkpoint(path, {"metrics": {"ap": np.float64(0.5)}})
+    assert not path.exists() and os.listdir(tmp_path) == []
+
+
+def test_crash_during_save_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, _state(1.0))
+    real_save = torch.save
+
+    def crashing_save(obj, file, *args, **kwargs):
+        file.write(b"PK\x03\x04 half a zip archive")  # a partial write reaches the disk ...
+        raise OSError("simulated crash in the middle of torch.save")  # ... then the writer dies
+
+    monkeypatch.setattr(ckpt.torch, "save", crashing_save)
+    with pytest.raises(OSError, match="simulated crash"):
+        save_checkpoint(path, _state(2.0))
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+
+    assert os.listdir(tmp_path) == ["last.pt"]  # no temporary file left behind
+    state = load_checkpoint(path)  # the old checkpoint is intact and loadable
+    assert torch.equal(state["model"]["w"], torch.full((4, 4), 1.0))
+
+
+def test_kill_9_during_repeated_saves_never_corrupts(tmp_path):
+    """A real SIGKILL while a child process keeps rewriting checkpoints: last.pt always loads."""
+    directory = tmp_path / "ckpts"
+    child = textwrap.dedent(f"""
+        import sys, torch
+        sys.path.insert(0, {str(REPO_ROOT)!r})
+        from detector.engine.checkpoint import CheckpointManager
+        manager = CheckpointManager({str(directory)!r}, keep_last=2)
+        big = torch.arange(1_000_000, dtype=torch.float32)  # ~4 MB, so kills land inside writes
+        iteration = 0
+        while True:
+            iteration += 1
+            manager.save({{"iteration": iteration, "weights": big + iteration}}, iteration)
+    """)
+    process = subprocess.Popen([sys.executable, "-c", child])
+    try:
+        deadline = time.monotonic() + 60
+        while not (directory / "iter_0000003.pt").exists():
+            assert process.poll() is None, "checkpoint writer died"
+            assert time.monotonic() < deadline, "checkpoint writer too slow"
+            time.sleep(0.02)
+        time.sleep(0.13)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+
+    manager = CheckpointManager(directory, keep_last=2)  # removes the killed writer's temporaries
+    assert not [name for name in os.listdir(directory) if name.endswith(".tmp")]
+    state = load_checkpoint(manager.latest())
+    assert state["iteration"] >= 2
+    expected = torch.arange(1_000_000, dtype=torch.float32)
+    assert torch.equal(state["weights"], expected + state["iteration"])  # complete, not truncated
+    for iteration, path in manager.list_checkpoints():
+        assert torch.equal(load_checkpoint(path)["weights"], expected + iteration)
+
+
+def test_load_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.pt"
+    with pytest.raises(CheckpointError, match="nope.pt"):
+        load_checkpoint(missing)
+    corrupt = tmp_path / "corrupt.pt"
+    save_checkpoint(corrupt, _state(1.0))
+    corrupt.write_bytes(corrupt.read_bytes()[:100])  # truncated
+    with pytest.raises(CheckpointError, match="corrupt.pt"):
+        load_checkpoint(corrupt)
+    not_dict = tmp_path / "list.pt"
+    torch.save([1, 2], not_dict)
+    with pytest.raises(CheckpointError, match="expected a dict"):
+        load_checkpoint(not_dict)
+
+
+def test_manager_keep_last_and_latest(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    assert manager.latest() is None
+    for iteration in (100, 200, 300, 400, 500):
+        path = manager.save(_state(float(iteration)), iteration)
+        assert path.name == f"iter_{iteration:07d}.pt"
+    assert sorted(os.listdir(tmp_path)) == ["iter_0000400.pt", "iter_0000500.pt", "last.pt"]
+    assert [it for it, _ in manager.list_checkpoints()] == [400, 500]
+    assert manager.latest() == tmp_path / "last.pt"
+    assert not (tmp_path / "last.pt").is_symlink()
+    assert load_checkpoint(manager.latest())["iteration"] == 500
+    # last.pt is an independent file: deleting its source does not affect it
+    (tmp_path / "iter_0000500.pt").unlink()
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 500
+    (tmp_path / "last.pt").unlink()
+    assert manager.latest() == tmp_path / "iter_0000400.pt"
+
+
+def test_manager_copies_last_when_hard_links_unsupported(tmp_path, monkeypatch):
+    def no_link(*args, **kwargs):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(ckpt.os, "link", no_link)
+    manager = CheckpointManager(tmp_path, keep_last=1)
+    manager.save(_state(1.0), 1)
+    manager.save(_state(2.0), 2)
+    assert sorted(os.listdir(tmp_path)) == ["iter_0000002.pt", "last.pt"]
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 2
+
+
+def test_manager_removes_only_its_stale_temporaries(tmp_path):
+    (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"partial")
+    (tmp_path / ".iter_0000010.pt.xyz.tmp").write_bytes(b"partial")
+    (tmp_path / ".user_notes.tmp").write_text("keep me")
+    CheckpointManager(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == [".user_notes.tmp"]
+
+
+class Small(nn.Module):
+    def __init__(self, num_classes: int = 3, extra: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.cls = nn.Linear(4, num_classes)
+        if extra:
+            self.extra = nn.Linear(2, 2)
+
+
+def test_load_model_state_strict_lists_every_mismatch_by_name():
+    source = Small(num_classes=3, extra=True).state_dict()
+    del source["bn.running_var"]
+    with pytest.raises(StateDictMismatchError) as info:
+        load_model_state(Small(num_classes=5), source)
+    message = str(info.value)
+    assert "missing keys (1): bn.running_var" in message
+    assert "extra.weight" in message and "extra.bias" in message
+    assert "cls.weight: [3, 4] -> [5, 4]" in message and "cls.bias: [3] -> [5]" in message
+    assert info.value.missing_keys == ["bn.running_var"]
+    assert sorted(info.value.unexpected_keys) == ["extra.bias", "extra.weight"]
+    assert [key for key, _, _ in info.value.shape_mismatches] == ["cls.weight", "cls.bias"]
+
+
+def test_load_model_state_non_strict_loads_matching_entries():
+    source_model = Small(num_classes=3)
+    target = Small(num_classes=5)
+    result = load_model_state(target, source_model.state_dict(), strict=False)
+    assert torch.equal(target.conv.weight, source_model.conv.weight)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert [key for key, _, _ in result.shape_mismatches] == ["cls.weight", "cls.bias"]
+
+
+def test_load_model_state_handles_ddp_prefix_both_ways():
+    source = Small()
+    prefixed = {f"module.{key}": value for key, value in source.state_dict().items()}
+    bare = Small()
+    assert load_model_state(bare, prefixed) == ([], [], [])
+    assert torch.equal(bare.cls.weight, source.cls.weight)
+    wrapped = nn.DataParallel(Small())  # same `.module` wrapping as DDP
+    load_model_state(wrapped, source.state_dict())
+    assert torch.equal(wrapped.module.conv.weight, source.conv.weight)
+    load_model_state(wrapped, prefixed)
+
+
+def _draws():
+    return (
+        [random.random() for _ in range(3)] + [random.gauss(0, 1)],
+        np.random.rand(3).tolist() + [float(np.random.standard_normal())],
+        torch.rand(3).tolist() + torch.randn(1).tolist(),
+    )
+
+
+def test_rng_state_round_trip_through_weights_only_checkpoint(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    random.gauss(0, 1)  # leaves a cached second gaussian in python's state
+    np.random.standard_normal()  # and in NumPy's
+    state = capture_rng_state()
+    save_checkpoint(tmp_path / "rng.pt", {"rng": state})
+    expected = _draws()
+
+    random.seed(99)
+    np.random.seed(99)
+    torch.manual_seed(99)
+    assert _draws() != expected
+    loaded = torch.load(tmp_path / "rng.pt", weights_only=True)["rng"]
+    restore_rng_state(loaded)
+    assert _draws() == expected
