@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -225,7 +226,11 @@ class CocoDetection(Dataset):
         if not os.path.isfile(path):
             raise BadImageError(f"image file not found: {path} (image id {image_id})")
         try:
-            image = decode_image(read_file(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8
+            with warnings.catch_warnings():
+                # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they remain the
+                # dependency-free choice here, so the per-call notice is silenced.
+                warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+                image = decode_image(read_file(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8
         except (RuntimeError, ValueError) as err:
             raise BadImageError(f"cannot decode image {path} (image id {image_id}): {err}") from err
         expected = (int(self._heights[index]), int(self._widths[index]))
