@@ -56,6 +56,17 @@ _PLAIN_TYPES = (str, bytes, int, float, complex, bool, type(None))
 _MAX_LISTED_KEYS = 50
 
 
+def _read_umask() -> int:
+    """The process umask (os.umask can only be read by setting it, so set it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once at import (single-threaded) rather than per save, since reading it briefly changes it.
+_FILE_MODE = 0o666 & ~_read_umask()
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable, or does not hold the expected content."""
 
@@ -121,6 +132,8 @@ def _atomic_write(path: str, write_fn) -> None:
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=_TMP_SUFFIX, dir=directory)
     try:
+        if hasattr(os, "fchmod"):  # mkstemp creates 0600 files; give checkpoints the usual umask-based mode
+            os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as file:
             write_fn(file)
             file.flush()

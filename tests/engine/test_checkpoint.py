@@ -40,6 +40,9 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(state["model"]["w"], torch.full((4, 4), 3.0))
     assert state["iteration"] == 3 and state["meta"] == ["a", 1, 2.5, None]
     assert os.listdir(path.parent) == ["ckpt.pt"]
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
 
 def test_save_rejects_values_weights_only_cannot_load(tmp_path):
@@ -228,3 +231,47 @@ def test_rng_state_round_trip_through_weights_only_checkpoint(tmp_path):
     loaded = torch.load(tmp_path / "rng.pt", weights_only=True)["rng"]
     restore_rng_state(loaded)
     assert _draws() == expected
+
+
+def test_resume_from_checkpoint_reproduces_uninterrupted_training(tmp_path):
+    """model + optimizer + scheduler + RNG through CheckpointManager: resumed run == uninterrupted run."""
+    from detector.engine.lr_schedule import WarmupMultiStepLR
+    from detector.engine.optim import build_optimizer
+
+    def make():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 1))
+        optimizer = build_optimizer(model, lr=0.1, weight_decay=1e-4, no_decay_norm_bias=True)
+        scheduler = WarmupMultiStepLR(optimizer, milestones=[6], warmup_iters=4)
+        return model, optimizer, scheduler
+
+    def train(model, optimizer, scheduler, num_iters):
+        for _ in range(num_iters):
+            x = torch.randn(8, 4) + float(np.random.rand()) + random.random()  # all three RNGs in play
+            loss = model(x).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+
+    model, optimizer, scheduler = make()
+    train(model, optimizer, scheduler, 5)
+    manager = CheckpointManager(tmp_path)
+    manager.save({
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "iteration": 5, "rng": capture_rng_state(),
+    }, iteration=5)
+    train(model, optimizer, scheduler, 5)
+    expected = [p.detach().clone() for p in model.parameters()]
+
+    resumed_model, resumed_optimizer, resumed_scheduler = make()
+    state = load_checkpoint(manager.latest())
+    load_model_state(resumed_model, state["model"])
+    resumed_optimizer.load_state_dict(state["optimizer"])
+    resumed_scheduler.load_state_dict(state["scheduler"])
+    restore_rng_state(state["rng"])
+    assert resumed_scheduler.last_epoch == state["iteration"] == 5
+    train(resumed_model, resumed_optimizer, resumed_scheduler, 5)
+    for got, want in zip(resumed_model.parameters(), expected):
+        assert torch.equal(got, want)
+    assert resumed_optimizer.param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
