@@ -232,10 +232,17 @@ class CheckpointManager:
         checkpoints = self.list_checkpoints()
         return checkpoints[-1][1] if checkpoints else None
 
-    def save(self, state: dict, iteration: int) -> Path:
-        """Write ``state`` as the checkpoint of ``iteration``, update ``last.pt``, prune; return the path."""
+    def save(self, state: dict, iteration: int, keep: bool = True) -> Path:
+        """Write ``state`` as the checkpoint of ``iteration``, update ``last.pt``, prune; return the path.
+
+        With ``keep=False`` only ``last.pt`` is (atomically) rewritten: no ``iter_*.pt`` file is created and
+        none is pruned, e.g. for a final or resume-only save that should not displace the kept history.
+        """
         if iteration < 0:
             raise ValueError(f"iteration must be >= 0, got {iteration}")
+        if not keep:
+            save_checkpoint(self.last_path, state)
+            return self.last_path
         path = self.iter_path(iteration)
         save_checkpoint(path, state)
         self._update_last(path)

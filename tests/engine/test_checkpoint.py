@@ -141,6 +141,16 @@ def test_manager_keep_last_and_latest(tmp_path):
     assert manager.latest() == tmp_path / "iter_0000400.pt"
 
 
+def test_manager_save_without_keeping_only_rewrites_last(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for iteration in (10, 20):
+        manager.save(_state(float(iteration)), iteration)
+    assert manager.save(_state(25.0), 25, keep=False) == tmp_path / "last.pt"
+    assert sorted(os.listdir(tmp_path)) == ["iter_0000010.pt", "iter_0000020.pt", "last.pt"]
+    assert load_checkpoint(manager.latest())["iteration"] == 25
+    assert load_checkpoint(tmp_path / "iter_0000020.pt")["iteration"] == 20  # not touched through the link
+
+
 def test_manager_copies_last_when_hard_links_unsupported(tmp_path, monkeypatch):
     def no_link(*args, **kwargs):
         raise OSError("hard links not supported")
