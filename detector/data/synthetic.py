@@ -313,7 +313,7 @@ def _generate_split(img_dir: str, split: str, split_id: int, num_images: int, se
             })
             if not obj["iscrowd"]:
                 seen.add(obj["label"])
-    if len(seen) < num_classes:
+    if num_images and len(seen) < num_classes:
         raise ValueError(
             f"the {split} split ({num_images} images) holds only {len(seen)} of {num_classes} classes; "
             f"generate more {split} images"
