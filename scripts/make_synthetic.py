@@ -24,7 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", default="data/synthetic", help="output root folder (default: data/synthetic)")
     parser.add_argument("--num-train", type=int, default=600, help="training images")
     parser.add_argument("--num-val", type=int, default=100, help="validation images")
-    parser.add_argument("--image-size", type=int, default=256, help="largest image side; sides vary in [0.75, 1] x this")
+    parser.add_argument("--image-size", type=int, default=256,
+                        help="largest image side; each side is drawn from [0.75, 1] x this")
     parser.add_argument("--num-classes", type=int, default=6, help="number of classes")
     parser.add_argument("--min-object-size", type=int, default=16, help="smallest object side in pixels")
     parser.add_argument("--max-object-size", type=int, default=160, help="largest object side in pixels")

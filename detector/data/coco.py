@@ -40,7 +40,9 @@ def _load_coco_json(ann_file: str) -> dict:
     except json.JSONDecodeError as err:
         raise ValueError(f"{ann_file}: not valid JSON ({err})") from err
     if not isinstance(dataset, dict):
-        raise ValueError(f"{ann_file}: not a COCO-format file (top level is {type(dataset).__name__}, expected an object)")
+        raise ValueError(
+            f"{ann_file}: not a COCO-format file (top level is {type(dataset).__name__}, expected an object)"
+        )
     missing = [key for key in _REQUIRED_KEYS if key not in dataset]
     if missing:
         raise ValueError(f"{ann_file}: not a COCO-format detection file, missing key(s) {missing}")

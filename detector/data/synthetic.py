@@ -157,7 +157,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     kind = int(rng.integers(3))
     if kind == 0:  # smooth noise: a coarse random grid upsampled bicubically
         coarse = rng.normal(0.0, 1.0, size=(int(rng.integers(3, 9)), int(rng.integers(3, 9)))).astype(np.float32)
-        pattern = np.asarray(Image.fromarray(coarse, mode="F").resize((width, height), Image.BICUBIC))
+        pattern = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC))
         pattern = pattern * rng.uniform(10.0, 22.0)
     else:
         angle = rng.uniform(0.0, 2.0 * math.pi)
@@ -250,17 +250,15 @@ def _place(rng, label, height, width, min_size, max_size, placed, crowd=False):
 
 
 def _render_image(rng, height, width, labels, min_size, max_size, crowd_label):
-    """Draw one image; return (uint8 (H, W, 3), placed object records, labels that found no room)."""
-    objects, unplaced = [], []
+    """Draw one image; return its pixels (H, W, 3) uint8 and the records of the objects that found room."""
+    objects = []
     if crowd_label is not None:
         crowd = _place(rng, crowd_label, height, width, min_size, max_size, [], crowd=True)
         if crowd is not None:
             objects.append(crowd)
     for label in labels:
         obj = _place(rng, label, height, width, min_size, max_size, objects)
-        if obj is None:
-            unplaced.append(label)
-        else:
+        if obj is not None:
             objects.append(obj)
     image = _background(rng, height, width)
     for obj in sorted(objects, key=lambda o: -_box_area(o["box"])):  # large first: small ones stay visible
@@ -268,7 +266,7 @@ def _render_image(rng, height, width, labels, min_size, max_size, crowd_label):
         region = image[obj["y0"] : obj["y0"] + mask_h, obj["x0"] : obj["x0"] + mask_w]
         region[obj["mask"]] = obj["layer"][obj["mask"]]
     image += rng.normal(0.0, 3.0, size=image.shape)  # sensor noise
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8), objects, unplaced
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8), objects
 
 
 # ---------------------------------------------------------------------- dataset files
@@ -291,7 +289,7 @@ def _generate_split(img_dir: str, split: str, split_id: int, num_images: int, se
         crowd_label = None
         if crowd_prob > 0 and rng.random() < crowd_prob:
             crowd_label = int(rng.integers(num_classes))
-        pixels, objects, _ = _render_image(rng, height, width, labels, min_object_size, max_object_size, crowd_label)
+        pixels, objects = _render_image(rng, height, width, labels, min_object_size, max_object_size, crowd_label)
         image_id = 2 * index + 1
         file_name = f"{image_id:012d}.{extension}"
         path = os.path.join(img_dir, file_name)
