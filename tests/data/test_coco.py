@@ -52,7 +52,7 @@ def test_sample_format_without_transforms(make_coco):
     assert target["orig_size"] == (20, 30) and target["img_size"] == (20, 30)
 
 
-def test_decoded_pixels_match_the_file(make_coco, tmp_path):
+def test_decoded_pixels_match_the_file(make_coco):
     from PIL import Image
 
     ann_file, img_dir = make_coco([(3, 9, 13)], [], CATEGORIES)
@@ -228,3 +228,13 @@ def test_pycocotools_index_is_available(make_coco):
     ann_file, img_dir = make_coco([(1, 10, 10)], [box_ann(1, 1, 7, (0, 0, 2, 2))], CATEGORIES)
     coco = CocoDetection(ann_file, img_dir).coco
     assert sorted(coco.getCatIds()) == [2, 7, 40] and coco.getAnnIds(imgIds=[1]) == [1]
+
+
+def test_dataset_with_transforms_pickles_for_spawned_workers(make_coco):
+    import pickle
+
+    ann_file, img_dir = make_coco([(1, 20, 30)], [box_ann(1, 1, 2, (3, 4, 5, 6))], CATEGORIES)
+    dataset = CocoDetection(ann_file, img_dir, transforms=build_transforms(train=False, min_size=40, max_size=80))
+    clone = pickle.loads(pickle.dumps(dataset))
+    (image, target), (clone_image, clone_target) = dataset[0], clone[0]
+    assert torch.equal(image, clone_image) and torch.equal(target["boxes"], clone_target["boxes"])
