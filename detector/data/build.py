@@ -1,0 +1,82 @@
+"""Datasets and loaders from the ``data`` section of a config (the data side's only config reader).
+
+``data.batch_size`` is the batch of one optimiser step over all processes; each process loads
+``batch_size / world_size`` images. Training batches come from a GroupedBatchSampler (aspect-ratio grouped,
+sharded per rank, reshuffled every epoch); evaluation shards the val set without duplicates.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader
+
+from detector.config_schema import Config, DatasetConfig
+from detector.data.coco import CocoDetection
+from detector.data.collate import DetectionCollator
+from detector.data.samplers import GroupedBatchSampler, InferenceSampler
+from detector.data.synthetic import ensure_synthetic_coco
+from detector.data.transforms import build_transforms
+from detector.engine.seeding import make_worker_init_fn
+
+
+def prepare_synthetic_data(cfg: Config) -> None:
+    """Generate the synthetic dataset a config asks for when it is missing (call on the main process).
+
+    The generator writes ``<root>/annotations/instances_{train,val}.json`` and ``<root>/{train,val}/``; the
+    config's ``data.train`` / ``data.val`` paths name those files explicitly.
+    """
+    syn = cfg.data.synthetic
+    if syn.enabled:
+        ensure_synthetic_coco(syn.root, num_train=syn.num_train, num_val=syn.num_val, image_size=syn.image_size,
+                              num_classes=syn.num_classes, min_object_size=syn.min_object_size,
+                              max_object_size=syn.max_object_size, max_objects=syn.max_objects, seed=syn.seed)
+
+
+def build_dataset(cfg: Config, split: str) -> CocoDetection:
+    """The ``train`` or ``val`` dataset with its transforms."""
+    dataset_cfg: DatasetConfig = getattr(cfg.data, split)
+    data = cfg.data
+    train = split == "train"
+    transforms = build_transforms(train=train, min_size=data.min_size if train else data.test_min_size,
+                                  max_size=data.max_size if train else data.test_max_size,
+                                  flip_prob=data.flip_prob, mean=data.mean, std=data.std)
+    ann_file, img_dir = dataset_cfg.ann_file, dataset_cfg.img_dir
+    if dataset_cfg.format != "coco":
+        raise ValueError(f"data.{split}.format: {dataset_cfg.format!r} datasets are not readable by this build "
+                         "of the data pipeline; use 'coco'")
+    dataset = CocoDetection(ann_file, img_dir, transforms=transforms, filter_empty=dataset_cfg.filter_empty,
+                            on_bad_image=data.on_bad_image)
+    if dataset.num_classes != cfg.model.num_classes:
+        raise ValueError(f"{ann_file} has {dataset.num_classes} categories but model.num_classes is "
+                         f"{cfg.model.num_classes}")
+    return dataset
+
+
+def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple[DataLoader, GroupedBatchSampler]:
+    """The training loader and its batch sampler (call ``sampler.set_epoch`` before each epoch)."""
+    data = cfg.data
+    if data.batch_size % world_size:
+        raise ValueError(f"data.batch_size ({data.batch_size}) must be divisible by the number of processes "
+                         f"({world_size})")
+    dataset = build_dataset(cfg, "train")
+    sampler = GroupedBatchSampler(dataset.aspect_ratios(), batch_size=data.batch_size // world_size,
+                                  seed=cfg.runtime.seed, shuffle=True,
+                                  group_by_aspect_ratio=data.aspect_ratio_grouping, rank=rank,
+                                  world_size=world_size, drop_last=True)
+    if len(sampler) == 0:
+        raise ValueError(f"{dataset.ann_file}: {len(dataset)} images give no full batch of "
+                         f"{data.batch_size // world_size} per process; lower data.batch_size")
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers,
+                        collate_fn=DetectionCollator(data.size_divisor), pin_memory=torch.cuda.is_available(),
+                        persistent_workers=data.num_workers > 0,
+                        worker_init_fn=make_worker_init_fn())
+    return loader, sampler
+
+
+def build_val_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """The evaluation loader: this process's contiguous shard of the val set, no duplicates."""
+    dataset = build_dataset(cfg, "val")
+    return DataLoader(dataset, batch_size=cfg.data.test_batch_size,
+                      sampler=InferenceSampler(len(dataset), rank=rank, world_size=world_size),
+                      num_workers=cfg.data.num_workers, collate_fn=DetectionCollator(cfg.data.size_divisor),
+                      pin_memory=torch.cuda.is_available())

@@ -1,0 +1,95 @@
+"""Evaluate a checkpoint on the config's val set, or score an existing COCO-format results file.
+
+    python tools/eval.py CONFIG CHECKPOINT [--out results.json] [--metrics-out metrics.json] [--per-class]
+    python tools/eval.py CONFIG --results results.json [--metrics-out metrics.json]
+    torchrun --nproc_per_node 8 tools/eval.py CONFIG CHECKPOINT     # sharded inference, metrics on rank 0
+
+--metrics-out writes flat JSON with AP, AP50, AP75, APs, APm, APl as fractions (pycocotools' numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from detector.config import ConfigError, load_config
+from detector.data.build import prepare_synthetic_data
+from detector.engine.checkpoint import load_checkpoint, load_model_state
+from detector.engine.distributed import barrier, get_rank, init_distributed, is_main_process
+from detector.engine.evaluate import build_evaluator, evaluate_model
+from detector.engine.logging_setup import setup_logging
+from detector.engine.trainer import resolve_device
+from detector.evaluation import format_metrics_table, format_per_class_table, load_results, write_metrics_json
+from detector.models import build_model
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="YAML config file")
+    parser.add_argument("checkpoint", nargs="?", help="checkpoint (.pt) holding the model weights")
+    parser.add_argument("--results", help="score this COCO-format results JSON instead of running a model")
+    parser.add_argument("--out", help="write the model's detections to this COCO-format results JSON")
+    parser.add_argument("--metrics-out", help="write the metrics as flat JSON")
+    parser.add_argument("--per-class", action="store_true", help="print AP per class")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if (args.checkpoint is None) == (args.results is None):
+        parser.error("give either a CHECKPOINT or --results FILE")
+    if args.results and args.out:
+        parser.error("--out writes a model's detections; it does not apply with --results")
+    return args
+
+
+def score_results_file(cfg, path: str, per_class: bool) -> dict:
+    evaluator = build_evaluator(cfg, cfg.data.val.ann_file)
+    results = load_results(path, image_ids=evaluator.image_ids, cat_ids=evaluator.cat_ids)
+    return evaluator.evaluate(results, per_class=per_class)
+
+
+def evaluate_checkpoint(cfg, checkpoint: str, out: str | None, per_class: bool, progress: bool) -> dict:
+    _, _, local_rank = init_distributed()
+    device = resolve_device(cfg.runtime.device, local_rank)
+    model = build_model(cfg)
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    load_model_state(model, state.get("model", state) if isinstance(state, dict) else state)
+    model.to(device)
+    if cfg.runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return evaluate_model(cfg, model, device, results_out=out, per_class=per_class, progress=progress)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    init_distributed()
+    setup_logging(get_rank())
+    try:
+        cfg = load_config(args.config, args.opts)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if is_main_process():
+        prepare_synthetic_data(cfg)  # the quick start's val set, generated on first use
+    barrier()
+    try:
+        if args.results:
+            metrics = score_results_file(cfg, args.results, args.per_class)
+        else:
+            metrics = evaluate_checkpoint(cfg, args.checkpoint, args.out, args.per_class, not args.no_progress)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if not is_main_process():
+        return 0
+    print(format_metrics_table(metrics))
+    if args.per_class and metrics.get("per_class"):
+        print(format_per_class_table(metrics["per_class"]))
+    if args.metrics_out:
+        write_metrics_json(args.metrics_out, metrics)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
