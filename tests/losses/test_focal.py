@@ -128,5 +128,7 @@ def test_invalid_arguments():
         focal_loss(x, torch.zeros(2, 4))
     with pytest.raises(ValueError, match="gamma"):
         focal_loss(x, y, gamma=-1.0)
+    with pytest.raises(ValueError, match="alpha"):
+        focal_loss(x, y, alpha=1.5)
     with pytest.raises(ValueError, match="avg"):
         reduce_loss(x, "avg")
