@@ -229,6 +229,8 @@ class RuntimeConfig:
     def __post_init__(self):
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"runtime.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"runtime.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.log_interval < 1 or self.checkpoint_interval < 0 or self.eval_interval < 0:
             raise ValueError("runtime.log_interval must be >= 1; checkpoint and eval intervals >= 0")
 

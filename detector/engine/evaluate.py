@@ -17,6 +17,18 @@ logger = logging.getLogger("detector.engine")
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``runtime.amp``; bf16 on a CPU without native bf16 kernels runs in fp32."""
+    dtype = AMP_DTYPES[amp]
+    if dtype is torch.bfloat16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        logger.warning("runtime.amp=bf16: this CPU has no native bf16 support (emulated bf16 is slower than "
+                       "fp32); training in fp32")
+        return None
+    if dtype is torch.float16 and device.type == "cpu":
+        raise ValueError("runtime.amp=fp16 needs a CUDA device; use bf16 or off on the CPU")
+    return dtype
+
+
 def build_evaluator(cfg: Config, ann_file: str) -> COCOEvaluator:
     """The evaluator for ``data.val.format`` (COCO metrics with ``model.test.max_dets`` detections)."""
     if cfg.data.val.format != "coco":
@@ -33,7 +45,7 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device, results_
     """
     loader = build_val_loader(cfg, rank=get_rank(), world_size=get_world_size())
     was_training = model.training
-    results = run_inference(model, loader, device, amp_dtype=AMP_DTYPES[cfg.runtime.amp],
+    results = run_inference(model, loader, device, amp_dtype=resolve_amp_dtype(cfg.runtime.amp, device),
                             progress=progress and is_main_process())
     model.train(was_training)
     results = gather_results(results)

@@ -30,7 +30,7 @@ from detector.engine.checkpoint import (CheckpointManager, capture_rng_state, lo
                                         restore_rng_state, unwrap_model)
 from detector.engine.distributed import (barrier, get_rank, get_world_size, init_distributed, is_main_process,
                                          reduce_loss_dict)
-from detector.engine.evaluate import AMP_DTYPES, evaluate_model
+from detector.engine.evaluate import evaluate_model, resolve_amp_dtype
 from detector.engine.lr_schedule import WarmupMultiStepLR
 from detector.engine.metrics_log import MeterGroup, MetricsLogger
 from detector.engine.optim import build_optimizer, clip_gradients
@@ -98,7 +98,7 @@ class Trainer:
                                          no_decay_norm_bias=s.no_decay_norm_bias)
         self.scheduler = WarmupMultiStepLR(self.optimizer, self.length.milestones, gamma=s.gamma,
                                            warmup_iters=s.warmup_iters, warmup_factor=s.warmup_factor)
-        self.amp_dtype = AMP_DTYPES[cfg.runtime.amp]
+        self.amp_dtype = resolve_amp_dtype(cfg.runtime.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.runtime.amp == "fp16")
         if world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -121,9 +121,7 @@ class Trainer:
 
     def save_checkpoint(self, keep: bool) -> None:
         if self.checkpoints is not None:
-            self.checkpoints.save(self.state_dict(), self.iteration)
-            if not keep:  # only last.pt is wanted: drop the numbered file this save wrote
-                self.checkpoints.iter_path(self.iteration).unlink(missing_ok=True)
+            self.checkpoints.save(self.state_dict(), self.iteration, keep=keep)  # keep=False: last.pt only
         barrier()
 
     def resume(self) -> None:
