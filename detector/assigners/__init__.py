@@ -4,6 +4,7 @@ Codes per anchor (torchvision's Matcher convention): gt index >= 0 positive, ``B
 ``IGNORE`` (-2).
 """
 
+from detector.assigners.atss import ATSSAssigner
 from detector.assigners.max_iou import BACKGROUND, IGNORE, MaxIoUAssigner
 
-__all__ = ["BACKGROUND", "IGNORE", "MaxIoUAssigner"]
+__all__ = ["BACKGROUND", "IGNORE", "ATSSAssigner", "MaxIoUAssigner"]
