@@ -2,6 +2,7 @@
 
 from detector.losses.box_losses import giou_loss, l1_loss, smooth_l1_loss
 from detector.losses.distribution_focal import distribution_focal_loss, integral_distribution
+from detector.losses.efl import EqualizedFocalLoss
 from detector.losses.focal import focal_loss, reduce_loss
 from detector.losses.focal_star import focal_loss_star
 from detector.losses.quality_focal import quality_focal_loss
@@ -16,4 +17,5 @@ __all__ = [
     "quality_focal_loss",
     "distribution_focal_loss",
     "integral_distribution",
+    "EqualizedFocalLoss",
 ]
