@@ -326,7 +326,17 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         logits = (x + step).requires_grad_()
         efl(logits, y, reduction="sum").backward()
         local.append(local_sums(logits.grad, y > 0))
-    torch.save({"state": efl.state_dict(), "local": local}, os.path.join(out_dir, f"rank{rank}.pt"))
+    # Inside DistributedDataParallel: the hook's collective runs in the middle of DDP's own gradient all-reduce.
+    torch.manual_seed(0)  # identical initial weights on both ranks
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(NUM_CLASSES, NUM_CLASSES))
+    efl_ddp = EqualizedFocalLoss(NUM_CLASSES)
+    x, y = _rank_inputs(rank)
+    logits = model(x)
+    logits.retain_grad()
+    efl_ddp(logits, y, reduction="sum").backward()
+    torch.save({"state": efl.state_dict(), "local": local, "ddp_state": efl_ddp.state_dict(),
+                "ddp_local": local_sums(logits.grad, y > 0), "ddp_weight_grad": model.module.weight.grad},
+               os.path.join(out_dir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
 
 
@@ -340,3 +350,9 @@ def test_two_process_statistics_are_summed_over_ranks(tmp_path):
         torch.testing.assert_close(result["state"]["neg_grad"].double(), expected_neg, rtol=1e-5, atol=1e-8)
     for name in ("pos_grad", "neg_grad", "pos_neg"):
         assert torch.equal(results[0]["state"][name], results[1]["state"][name])
+        assert torch.equal(results[0]["ddp_state"][name], results[1]["ddp_state"][name])
+    ddp_pos = sum(result["ddp_local"][0] for result in results)
+    ddp_neg = sum(result["ddp_local"][1] for result in results)
+    torch.testing.assert_close(results[0]["ddp_state"]["pos_grad"].double(), ddp_pos, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(results[0]["ddp_state"]["neg_grad"].double(), ddp_neg, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(results[0]["ddp_weight_grad"], results[1]["ddp_weight_grad"])  # DDP still averaged
