@@ -39,6 +39,8 @@ class AnchorConfig:
     sizes: list[float] = field(default_factory=lambda: [32.0, 64.0, 128.0, 256.0, 512.0])
     scales: list[float] = field(default_factory=lambda: [1.0, 2 ** (1 / 3), 2 ** (2 / 3)])
     ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # height / width
+    # Anchor centres at (x + offset) * stride: 0 puts them on the cell corner (torchvision, mmdetection).
+    offset: float = 0.0
 
     def __post_init__(self):
         if len(self.sizes) != 5:
@@ -53,17 +55,28 @@ class HeadConfig:
     feat_channels: int = 256
     norm: Optional[Literal["gn"]] = None
     prior_prob: float = 0.01
+    # Anchor heads: an extra per-anchor branch trained with BCE (ATSS: centerness; EFL baseline: IoU).
+    quality_branch: Optional[Literal["centerness", "iou"]] = None
+    quality_loss_weight: float = 1.0
+    scale_per_level: bool = False  # a learnable scalar per level on the box output (ATSS; GFL always)
+    reg_max: int = 16              # GFL: distribution bins per side are 0..reg_max
 
     def __post_init__(self):
         if not 0.0 < self.prior_prob < 1.0:
             raise ValueError(f"head.prior_prob must be in (0, 1), got {self.prior_prob}")
         if self.num_convs < 0 or self.feat_channels <= 0:
             raise ValueError("head.num_convs must be >= 0 and head.feat_channels > 0")
+        if self.norm == "gn" and self.feat_channels % 32:
+            raise ValueError(f"head.norm gn uses 32 groups: head.feat_channels ({self.feat_channels}) must be a "
+                             "multiple of 32")
+        if self.reg_max < 1:
+            raise ValueError(f"head.reg_max must be >= 1, got {self.reg_max}")
 
 
 @dataclass(frozen=True)
 class AssignerConfig:
-    type: Literal["max_iou"] = "max_iou"
+    type: Literal["max_iou", "atss"] = "max_iou"
+    topk: int = 9  # ATSS: candidates per level and ground truth (all anchors of a location count)
     pos_iou_thr: float = 0.5
     neg_iou_thr: float = 0.4
     allow_low_quality_matches: bool = True
@@ -73,29 +86,45 @@ class AssignerConfig:
         if not 0.0 <= self.neg_iou_thr <= self.pos_iou_thr <= 1.0:
             raise ValueError("assigner needs 0 <= neg_iou_thr <= pos_iou_thr <= 1, got "
                              f"{self.neg_iou_thr} and {self.pos_iou_thr}")
+        if self.topk < 1:
+            raise ValueError(f"assigner.topk must be >= 1, got {self.topk}")
+
+
+CLS_LOSS_TYPES = ("focal", "focal_star", "quality_focal", "equalized_focal")
 
 
 @dataclass(frozen=True)
 class ClsLossConfig:
-    type: Literal["focal"] = "focal"
+    """focal: FL(alpha, gamma); focal_star: FL*(gamma, beta); quality_focal: QFL(beta) on IoU targets;
+    equalized_focal: EFL(alpha, gamma_b = gamma, s = scale), in its quality form on the GFL head."""
+    type: Literal["focal", "focal_star", "quality_focal", "equalized_focal"] = "focal"
     alpha: float = 0.25  # < 0 disables the alpha weighting
     gamma: float = 2.0
+    beta: Optional[float] = None  # FL*: beta (default 1); QFL: the exponent beta (default 2)
+    scale: float = 8.0  # EFL: s in gamma_j = gamma_b + s (1 - g_j)
     weight: float = 1.0
 
     def __post_init__(self):
-        if self.gamma < 0 or self.weight < 0:
-            raise ValueError("loss_cls.gamma and loss_cls.weight must be >= 0")
+        if self.gamma < 0 or self.weight < 0 or self.scale < 0:
+            raise ValueError("loss_cls.gamma, loss_cls.scale and loss_cls.weight must be >= 0")
+        if self.type == "focal_star" and self.gamma <= 0:
+            raise ValueError("loss_cls.type focal_star divides by gamma: loss_cls.gamma must be > 0")
+        if self.alpha > 1:
+            raise ValueError(f"loss_cls.alpha must be <= 1 (< 0 disables it), got {self.alpha}")
 
 
 @dataclass(frozen=True)
 class BoxLossConfig:
-    type: Literal["l1", "smooth_l1", "giou"] = "l1"
+    """l1 / smooth_l1 on box deltas, giou on decoded boxes, dfl+giou (GFL head: DFL on the side
+    distributions plus GIoU on the decoded boxes)."""
+    type: Literal["l1", "smooth_l1", "giou", "dfl+giou"] = "l1"
     beta: float = 0.11  # smooth-L1 transition point
-    weight: float = 1.0
+    weight: float = 1.0  # of the L1 / smooth-L1 / GIoU term
+    dfl_weight: float = 0.25
 
     def __post_init__(self):
-        if self.beta < 0 or self.weight < 0:
-            raise ValueError("loss_box.beta and loss_box.weight must be >= 0")
+        if self.beta < 0 or self.weight < 0 or self.dfl_weight < 0:
+            raise ValueError("loss_box.beta, loss_box.weight and loss_box.dfl_weight must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -114,7 +143,9 @@ class TestConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    type: Literal["retinanet"] = "retinanet"
+    # retinanet and atss build the same anchor head (the atss configs switch on its ATSS options);
+    # gfl builds the Generalized Focal Loss head.
+    type: Literal["retinanet", "atss", "gfl"] = "retinanet"
     num_classes: int = 80
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
@@ -129,6 +160,20 @@ class ModelConfig:
     def __post_init__(self):
         if self.num_classes < 1:
             raise ValueError(f"model.num_classes must be >= 1, got {self.num_classes}")
+        box, head = self.loss_box.type, self.head
+        if self.type == "gfl":
+            if box not in ("dfl+giou", "giou"):
+                raise ValueError(f"model.loss_box.type {box!r} does not fit model.type gfl: its box branch predicts "
+                                 "side distributions, trained with dfl+giou (or giou alone)")
+            if head.quality_branch is not None:
+                raise ValueError("model.head.quality_branch does not apply to model.type gfl: its classification "
+                                 "score already is the joint class-IoU quality")
+            if len(self.anchors.scales) * len(self.anchors.ratios) != 1:
+                raise ValueError("model.type gfl uses one anchor point per location: give one anchor scale and "
+                                 "one ratio")
+        elif box == "dfl+giou":
+            raise ValueError(f"model.loss_box.type dfl+giou needs the distribution outputs of model.type gfl; "
+                             f"model.type {self.type} predicts box deltas (use l1, smooth_l1 or giou)")
 
 
 @dataclass(frozen=True)

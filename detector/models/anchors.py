@@ -64,14 +64,6 @@ class AnchorGenerator(nn.Module):
         return torch.cat(levels), [len(a) for a in levels]
 
 
-class PointGenerator(AnchorGenerator):
-    """One square anchor per location (ATSS / GFL): size = octave_scale * stride, centred in the cell."""
-
-    def __init__(self, strides: list[int], octave_scale: float = 8.0, offset: float = 0.5):
-        super().__init__(strides, [octave_scale * s for s in strides], [1.0], [1.0], offset=offset,
-                         round_cell_anchors=False)
-
-
 def level_strides(min_level: int = 3, max_level: int = 7) -> list[int]:
     """Strides 2^l of the FPN levels P{min_level}..P{max_level}."""
     return [int(math.pow(2, level)) for level in range(min_level, max_level + 1)]

@@ -20,13 +20,12 @@ class DenseDetector(nn.Module):
 
     def forward(self, images: Tensor, targets: list[dict] | None = None):
         features = self.neck(self.backbone(images))
-        pred_logits, pred_boxes = self.head(features)
+        outputs = self.head(features)  # a tuple of per-anchor predictions, head-specific
         anchors, num_anchors_per_level = self.anchor_generator(features)
         if self.training:
             if targets is None:
                 raise ValueError("DenseDetector in training mode needs targets (a list of dicts with boxes, labels)")
             if len(targets) != images.shape[0]:
                 raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
-            return self.head.loss(pred_logits, pred_boxes, anchors, num_anchors_per_level, targets)
-        return self.head.predict(pred_logits, pred_boxes, anchors, num_anchors_per_level,
-                                 (images.shape[-2], images.shape[-1]))
+            return self.head.loss(outputs, anchors, num_anchors_per_level, targets)
+        return self.head.predict(outputs, anchors, num_anchors_per_level, (images.shape[-2], images.shape[-1]))

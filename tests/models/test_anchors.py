@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from detector.models.anchors import AnchorGenerator, PointGenerator, level_strides
+from detector.models.anchors import AnchorGenerator, level_strides
 
 SCALES = [1.0, 2 ** (1 / 3), 2 ** (2 / 3)]
 
@@ -46,8 +46,8 @@ def test_positions_are_location_major():
                 assert centres[index].tolist() == [x * 16.0, y * 16.0]
 
 
-def test_point_generator_one_square_anchor_centred_in_cell():
-    gen = PointGenerator([8, 16], octave_scale=8.0)
+def test_offset_centres_anchors_in_cells():
+    gen = AnchorGenerator([8, 16], [64, 128], [1.0], [1.0], offset=0.5)
     anchors, counts = gen([torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 1, 1)])
     assert counts == [4, 1]
     assert anchors[0].tolist() == [4 - 32, 4 - 32, 4 + 32, 4 + 32]

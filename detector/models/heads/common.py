@@ -77,3 +77,28 @@ def mean_over_processes(value: Tensor) -> Tensor:
         dist.all_reduce(value)
         value = value / dist.get_world_size()
     return value
+
+
+class Scale(nn.Module):
+    """A learnable scalar per FPN level multiplying the box branch output (FCOS / ATSS / GFL)."""
+
+    def __init__(self, value: float = 1.0):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(value)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale
+
+
+def anchor_centres(anchors: Tensor) -> Tensor:
+    """(..., 4) xyxy -> (..., 2) centres."""
+    return (anchors[..., :2] + anchors[..., 2:]) * 0.5
+
+
+def centerness_target(points: Tensor, gt_boxes: Tensor) -> Tensor:
+    """FCOS/ATSS centerness sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b)) of points in their boxes."""
+    left_right = torch.stack([points[:, 0] - gt_boxes[:, 0], gt_boxes[:, 2] - points[:, 0]], dim=1).clamp(min=0)
+    top_bottom = torch.stack([points[:, 1] - gt_boxes[:, 1], gt_boxes[:, 3] - points[:, 1]], dim=1).clamp(min=0)
+    ratio = (left_right.min(dim=1).values / left_right.max(dim=1).values.clamp(min=1e-6)) * \
+        (top_bottom.min(dim=1).values / top_bottom.max(dim=1).values.clamp(min=1e-6))
+    return ratio.sqrt()

@@ -1,4 +1,4 @@
-"""RetinaNet model: losses on empty / half-empty batches, loss normalisation, inference output format."""
+"""Anchor head (RetinaNet configuration): losses on empty / half-empty batches, loss normalisation, inference output format."""
 
 import math
 
@@ -57,9 +57,10 @@ def test_classification_loss_normalised_by_positives(model):
     head = model.head
     with torch.no_grad():
         feats = model.neck(model.backbone(images))
-        logits, deltas = head(feats)
+        outputs = head(feats)
+        logits = outputs[0]
         anchors, per_level = model.anchor_generator(feats)
-        losses = head.loss(logits, deltas, anchors, per_level, tgt)
+        losses = head.loss(outputs, anchors, per_level, tgt)
         assigned = head.assigner.assign(anchors, tgt[0]["boxes"])
         positive = assigned >= 0
         onehot = torch.zeros_like(logits[0])
