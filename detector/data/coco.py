@@ -1,9 +1,10 @@
-"""COCO-format detection dataset.
+"""COCO-format detection dataset, and the core it shares with the LVIS dataset.
 
-`CocoDetection` reads a COCO-format annotation file once, validates it, converts every box to xyxy in
-pixels (clipped to its image) and keeps the result in flat arrays, so that `__getitem__` only decodes the
-image and slices the arrays. Flat numpy arrays (rather than one Python list per image) also keep the
-dataset cheap to share with forked DataLoader workers.
+`DetectionDataset` reads an annotation file once, validates it, converts every box to xyxy in pixels
+(clipped to its image) and keeps the result in flat arrays, so that `__getitem__` only decodes the image
+and slices the arrays. Flat numpy arrays (rather than one Python list per image) also keep the dataset
+cheap to share with forked DataLoader workers. `CocoDetection` reads COCO files into it; `LVISDetection`
+(lvis.py) reads LVIS v1 files, whose images are found from their COCO url and which have no crowd boxes.
 """
 
 from __future__ import annotations
@@ -32,50 +33,49 @@ class BadImageError(RuntimeError):
     """An image file is missing, unreadable or disagrees with its annotation entry."""
 
 
-def _load_coco_json(ann_file: str) -> dict:
-    """Read and shape-check a COCO-format JSON file; every error names the file."""
-    try:
-        with open(ann_file, "r", encoding="utf-8") as f:
-            dataset = json.load(f)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{ann_file}: not valid JSON ({err})") from err
+def check_detection_dict(dataset, ann_file: str, kind: str = "COCO") -> dict:
+    """Check that a loaded annotation file is an object with list-valued "images", "annotations" and
+    "categories"; every error names the file. Returns `dataset`."""
     if not isinstance(dataset, dict):
         raise ValueError(
-            f"{ann_file}: not a COCO-format file (top level is {type(dataset).__name__}, expected an object)"
+            f"{ann_file}: not a {kind}-format file (top level is {type(dataset).__name__}, expected an object)"
         )
     missing = [key for key in _REQUIRED_KEYS if key not in dataset]
     if missing:
-        raise ValueError(f"{ann_file}: not a COCO-format detection file, missing key(s) {missing}")
+        raise ValueError(f"{ann_file}: not a {kind}-format detection file, missing key(s) {missing}")
     for key in _REQUIRED_KEYS:
         if not isinstance(dataset[key], list):
             raise ValueError(f"{ann_file}: key {key!r} must hold a list, got {type(dataset[key]).__name__}")
     return dataset
 
 
-class CocoDetection(Dataset):
-    """Detection dataset over a COCO-format annotation file and an image folder.
+def load_detection_json(ann_file: str, kind: str = "COCO") -> dict:
+    """Read and shape-check a COCO- or LVIS-format JSON file; every error names the file."""
+    try:
+        with open(ann_file, "r", encoding="utf-8") as f:
+            dataset = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{ann_file}: not valid JSON ({err})") from err
+    return check_detection_dict(dataset, ann_file, kind)
 
-    Args:
-        ann_file: path to the COCO-format JSON (keys "images", "annotations", "categories").
-        img_dir: folder holding the images named by each image's "file_name".
-        transforms: optional callable `(image_uint8, target) -> (image, target)`, e.g. `build_transforms(...)`.
-        filter_empty: drop images without any non-crowd box (used for training).
-        on_bad_image: "error" raises on a missing or corrupt image; "skip" replaces the sample with the next
-            valid index, warns and increments `num_skipped_images` (counted per process, so per worker).
+
+class DetectionDataset(Dataset):
+    """Core of the COCO and LVIS datasets: validation, box conversion, flat storage, image loading.
+
+    A subclass reads its annotation file into a dict with "images", "annotations" and "categories" and
+    passes it to `_index`; it may override `_relative_file` (how an image entry names its file) and
+    `candidate_paths` (where that file may lie). Class attribute `has_crowd`: whether `iscrowd` boxes
+    become ignore regions (COCO) or are ordinary boxes (LVIS has no crowd annotations).
 
     `__getitem__(i)` returns `(image, target)`; target holds `boxes` (G, 4) float32 xyxy, `labels` (G,) int64
     contiguous 0-based, `ignore_boxes` (C, 4) float32 crowd regions, `image_id` (original id), `orig_size`
     (h, w) of the file and `img_size` (h, w) after the transforms' resize (before any batch padding).
     """
 
-    def __init__(
-        self,
-        ann_file: str,
-        img_dir: str,
-        transforms=None,
-        filter_empty: bool = False,
-        on_bad_image: str = "error",
-    ) -> None:
+    has_crowd = True
+
+    def __init__(self, ann_file: str, img_dir: str, transforms=None, filter_empty: bool = False,
+                 on_bad_image: str = "error") -> None:
         if on_bad_image not in _BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad_image must be one of {_BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
         if not os.path.isfile(ann_file):
@@ -89,8 +89,10 @@ class CocoDetection(Dataset):
         self.on_bad_image = on_bad_image
         self.num_skipped_images = 0
 
-        dataset = _load_coco_json(ann_file)
-        self._coco: COCO | None = None
+    # ------------------------------------------------------------------ parsing
+    def _index(self, dataset: dict) -> list[dict]:
+        """Build the category mapping and the per-image arrays; return the categories sorted by id."""
+        ann_file = self.ann_file
         for cat in dataset["categories"]:
             if not isinstance(cat, dict) or "id" not in cat:
                 raise ValueError(f"{ann_file}: category entry {cat!r} lacks an 'id'")
@@ -106,8 +108,14 @@ class CocoDetection(Dataset):
             ann_file, self.stats["num_images"], self.stats["num_filtered_images"], self.stats["num_boxes"],
             self.stats["num_crowd"], self.stats["num_clipped"], self.stats["num_dropped"],
         )
+        return categories
 
-    # ------------------------------------------------------------------ parsing
+    def _relative_file(self, img: dict) -> str:
+        """Path of an image entry's file relative to `img_dir` (COCO: its "file_name")."""
+        if "file_name" not in img:
+            raise ValueError(f"{self.ann_file}: image entry {img['id']} lacks 'file_name'")
+        return str(img["file_name"])
+
     def _parse_annotations(self, dataset: dict) -> None:
         """Validate annotations and store per-image boxes as flat arrays with offsets."""
         ann_file = self.ann_file
@@ -116,10 +124,12 @@ class CocoDetection(Dataset):
             if not isinstance(img, dict) or "id" not in img:
                 raise ValueError(f"{ann_file}: image entry {img!r} lacks an 'id'")
         images = sorted(dataset["images"], key=lambda img: img["id"])
+        file_names = []
         for img in images:
-            for key in ("id", "file_name", "height", "width"):
+            for key in ("height", "width"):
                 if key not in img:
-                    raise ValueError(f"{ann_file}: image entry {img.get('id', img)} lacks {key!r}")
+                    raise ValueError(f"{ann_file}: image entry {img['id']} lacks {key!r}")
+            file_names.append(self._relative_file(img))
             image_index[int(img["id"])] = len(image_index)
         num_all = len(images)
         per_image_boxes: list[list[list[float]]] = [[] for _ in range(num_all)]
@@ -155,7 +165,7 @@ class CocoDetection(Dataset):
                 continue
             if (x1, y1, x2, y2) != (x, y, x + w, y + h):
                 num_clipped += 1
-            if ann.get("iscrowd", 0):
+            if self.has_crowd and ann.get("iscrowd", 0):
                 per_image_crowd[index].append([x1, y1, x2, y2])
             else:
                 per_image_boxes[index].append([x1, y1, x2, y2])
@@ -163,7 +173,7 @@ class CocoDetection(Dataset):
 
         keep = [i for i in range(num_all) if per_image_boxes[i] or not self.filter_empty]
         self.image_ids: list[int] = [int(images[i]["id"]) for i in keep]
-        self._file_names: list[str] = [str(images[i]["file_name"]) for i in keep]
+        self._file_names: list[str] = [file_names[i] for i in keep]
         self._heights = np.array([int(images[i]["height"]) for i in keep], dtype=np.int64)  # (N,)
         self._widths = np.array([int(images[i]["width"]) for i in keep], dtype=np.int64)  # (N,)
         self._gt_boxes, self._box_offsets = _flatten([per_image_boxes[i] for i in keep])
@@ -179,18 +189,6 @@ class CocoDetection(Dataset):
             "num_clipped": num_clipped,
             "num_dropped": num_dropped,
         }
-
-    @property
-    def coco(self) -> COCO:
-        """pycocotools index of the annotation file, built on first use (evaluators need it, workers do not)."""
-        if self._coco is None:
-            coco = COCO()
-            with open(self.ann_file, "r", encoding="utf-8") as f:
-                coco.dataset = json.load(f)
-            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
-                coco.createIndex()
-            self._coco = coco
-        return self._coco
 
     # ------------------------------------------------------------------ metadata (no decoding)
     def __len__(self) -> int:
@@ -216,17 +214,25 @@ class CocoDetection(Dataset):
             for start, end in zip(self._box_offsets[:-1], self._box_offsets[1:])
         ]
 
+    def candidate_paths(self, index: int) -> list[str]:
+        """Where the file of image `index` may lie, in the order they are tried."""
+        return [os.path.join(self.img_dir, self._file_names[index])]
+
     def image_path(self, index: int) -> str:
-        """Full path of image `index`."""
-        return os.path.join(self.img_dir, self._file_names[index])
+        """Full path of image `index`: the first candidate that exists, else the first candidate."""
+        candidates = self.candidate_paths(index)
+        return next((path for path in candidates if os.path.isfile(path)), candidates[0])
 
     # ------------------------------------------------------------------ loading
     def load_image(self, index: int) -> torch.Tensor:
         """Decode image `index` as uint8 RGB (3, H, W); raise BadImageError naming the file and image id."""
-        path = self.image_path(index)
         image_id = self.image_ids[index]
-        if not os.path.isfile(path):
-            raise BadImageError(f"image file not found: {path} (image id {image_id})")
+        candidates = self.candidate_paths(index)
+        path = next((path for path in candidates if os.path.isfile(path)), None)
+        if path is None:
+            if len(candidates) == 1:
+                raise BadImageError(f"image file not found: {candidates[0]} (image id {image_id})")
+            raise BadImageError(f"image file not found for image id {image_id}; tried {', '.join(candidates)}")
         try:
             with warnings.catch_warnings():
                 # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they remain the
@@ -275,6 +281,48 @@ class CocoDetection(Dataset):
         if self.transforms is not None:
             image, target = self.transforms(image, target)
         return image, target
+
+
+class CocoDetection(DetectionDataset):
+    """Detection dataset over a COCO-format annotation file and an image folder.
+
+    Args:
+        ann_file: path to the COCO-format JSON (keys "images", "annotations", "categories").
+        img_dir: folder holding the images named by each image's "file_name".
+        transforms: optional callable `(image_uint8, target) -> (image, target)`, e.g. `build_transforms(...)`.
+        filter_empty: drop images without any non-crowd box (used for training).
+        on_bad_image: "error" raises on a missing or corrupt image; "skip" replaces the sample with the next
+            valid index, warns and increments `num_skipped_images` (counted per process, so per worker).
+
+    `__getitem__(i)` returns `(image, target)`; target holds `boxes` (G, 4) float32 xyxy, `labels` (G,) int64
+    contiguous 0-based, `ignore_boxes` (C, 4) float32 crowd regions, `image_id` (original id), `orig_size`
+    (h, w) of the file and `img_size` (h, w) after the transforms' resize (before any batch padding).
+    """
+
+    def __init__(
+        self,
+        ann_file: str,
+        img_dir: str,
+        transforms=None,
+        filter_empty: bool = False,
+        on_bad_image: str = "error",
+    ) -> None:
+        super().__init__(ann_file, img_dir, transforms=transforms, filter_empty=filter_empty,
+                         on_bad_image=on_bad_image)
+        self._coco: COCO | None = None
+        self._index(load_detection_json(ann_file))
+
+    @property
+    def coco(self) -> COCO:
+        """pycocotools index of the annotation file, built on first use (evaluators need it, workers do not)."""
+        if self._coco is None:
+            coco = COCO()
+            with open(self.ann_file, "r", encoding="utf-8") as f:
+                coco.dataset = json.load(f)
+            with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress lines
+                coco.createIndex()
+            self._coco = coco
+        return self._coco
 
 
 def _flatten(per_image: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray]:
