@@ -1,7 +1,9 @@
-"""Datasets, transforms, samplers, collation and the synthetic dataset generator."""
+"""Datasets, transforms, samplers, collation and the synthetic dataset generators."""
 
 from detector.data.collate import DetectionCollator
-from detector.data.coco import CocoDetection
+from detector.data.coco import CocoDetection, DetectionDataset
+from detector.data.lvis import LVISDetection
+from detector.data.repeat_factor import category_repeat_factors, repeat_factors
 from detector.data.samplers import GroupedBatchSampler, InferenceSampler
 from detector.data.synthetic import ensure_synthetic_coco, generate_synthetic_coco
 from detector.data.transforms import build_transforms
@@ -9,9 +11,13 @@ from detector.data.transforms import build_transforms
 __all__ = [
     "CocoDetection",
     "DetectionCollator",
+    "DetectionDataset",
     "GroupedBatchSampler",
     "InferenceSampler",
+    "LVISDetection",
     "build_transforms",
+    "category_repeat_factors",
     "ensure_synthetic_coco",
     "generate_synthetic_coco",
+    "repeat_factors",
 ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -25,6 +27,19 @@ class GroupedBatchSampler(Sampler[list[int]]):
 
     `set_epoch(epoch, start_batch)` selects the permutation; the next `__iter__` then skips the first
     `start_batch` batches of that epoch (to resume mid-epoch exactly) and resets `start_batch` to 0.
+
+    Repeat-factor sampling (epoch-based): with `repeat_factors` r_i (>= 1, e.g. from
+    `detector.data.repeat_factors`), each epoch draws, from the same `seed + epoch` generator on every rank,
+    floor(r_i) copies of image i plus one more with probability frac(r_i), shuffles that list, and wraps or
+    truncates it to a fixed length of round(sum_i r_i) (half up), the expected number of copies; then it is
+    padded and sharded as above. So with RFS an epoch has round(sum r_i) images, the expected number of
+    repeated images, instead of N (padded up to a multiple of `world_size` by repeating the head of the
+    shuffled list, as without RFS); image i appears about r_i times per epoch on average over epochs, and
+    `len()` stays the same on every rank and in every epoch, as DDP and per-epoch batch counting need.
+    Truncation drops, and wrapping repeats, copies at random positions of the shuffled list, so no image is
+    favoured; within one epoch an image may miss its last copy (or even its only one) to the truncation.
+    (`shuffle=False` keeps the copies in index order, so the truncation then falls on the last images.)
+    `epoch_size` holds the epoch's length before padding: N, or round(sum r_i) with RFS.
     """
 
     def __init__(
@@ -37,6 +52,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = True,
+        repeat_factors: Sequence[float] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -46,6 +62,8 @@ class GroupedBatchSampler(Sampler[list[int]]):
             raise ValueError("GroupedBatchSampler needs a non-empty dataset")
         self.is_portrait = [float(ratio) >= 1.0 for ratio in aspect_ratios]  # h / w >= 1
         self.num_images = len(aspect_ratios)
+        self.repeat_factors = None if repeat_factors is None else _check_repeat_factors(repeat_factors,
+                                                                                        self.num_images)
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.shuffle = shuffle
@@ -55,7 +73,10 @@ class GroupedBatchSampler(Sampler[list[int]]):
         self.drop_last = drop_last
         self.epoch = 0
         self.start_batch = 0
-        self.shard_size = -(-self.num_images // world_size)  # ceil: every rank gets the same count
+        self.epoch_size = self.num_images  # images per epoch before padding to a multiple of world_size
+        if self.repeat_factors is not None:
+            self.epoch_size = int(math.floor(float(self.repeat_factors.sum(dtype=torch.float64)) + 0.5))
+        self.shard_size = -(-self.epoch_size // world_size)  # ceil: every rank gets the same count
 
     @property
     def num_batches_per_epoch(self) -> int:
@@ -71,17 +92,29 @@ class GroupedBatchSampler(Sampler[list[int]]):
         self.epoch = int(epoch)
         self.start_batch = int(start_batch)
 
-    def _shard_indices(self) -> list[int]:
-        if self.shuffle:
-            generator = torch.Generator()
-            generator.manual_seed(self.seed + self.epoch)
-            indices = torch.randperm(self.num_images, generator=generator).tolist()
+    def _epoch_indices(self) -> list[int]:
+        """The epoch's list of image indices over all ranks (length `shard_size * world_size`)."""
+        generator = torch.Generator()
+        generator.manual_seed(self.seed + self.epoch)
+        if self.repeat_factors is None:
+            if self.shuffle:
+                indices = torch.randperm(self.num_images, generator=generator).tolist()
+            else:
+                indices = list(range(self.num_images))
         else:
-            indices = list(range(self.num_images))
-        total = self.shard_size * self.world_size
-        while len(indices) < total:  # pad by repeating the head (repeat more than once if tiny)
-            indices += indices[: total - len(indices)]
-        return indices[self.rank :: self.world_size]
+            whole = torch.floor(self.repeat_factors)
+            # Stochastic rounding: one extra copy with probability frac(r_i), so E[copies] = r_i.
+            draws = torch.rand(self.num_images, generator=generator, dtype=torch.float64)  # (N,)
+            extra = draws < self.repeat_factors - whole
+            # numpy's repeat: torch.repeat_interleave takes milliseconds even on a few elements.
+            copies = np.repeat(np.arange(self.num_images), (whole + extra).long().numpy())  # (M,)
+            if self.shuffle:
+                copies = copies[torch.randperm(len(copies), generator=generator).numpy()]
+            indices = _cycle(copies.tolist(), self.epoch_size)  # fixed epoch length: truncate or wrap
+        return _cycle(indices, self.shard_size * self.world_size)  # pad by repeating the head
+
+    def _shard_indices(self) -> list[int]:
+        return self._epoch_indices()[self.rank :: self.world_size]
 
     def _batches(self) -> list[list[int]]:
         shard = self._shard_indices()
@@ -114,6 +147,21 @@ class GroupedBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         """Batches the next `__iter__` yields: a full epoch, less `start_batch` when resuming."""
         return self.num_batches_per_epoch - self.start_batch
+
+
+def _cycle(indices: list[int], length: int) -> list[int]:
+    """`indices` cut to `length`, or repeated from its head (as many times as needed) up to `length`."""
+    return [indices[i % len(indices)] for i in range(length)]
+
+
+def _check_repeat_factors(repeat_factors: Sequence[float], num_images: int) -> torch.Tensor:
+    """Repeat factors as a float64 tensor (N,), after checking there is one finite value >= 1 per image."""
+    factors = torch.as_tensor([float(r) for r in repeat_factors], dtype=torch.float64)
+    if len(factors) != num_images:
+        raise ValueError(f"got {len(factors)} repeat factors for {num_images} images")
+    if not bool(torch.isfinite(factors).all()) or bool((factors < 1.0).any()):
+        raise ValueError("repeat factors must be finite and >= 1 (repeat-factor sampling only repeats images)")
+    return factors
 
 
 class InferenceSampler(Sampler[int]):
