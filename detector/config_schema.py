@@ -182,12 +182,22 @@ class DatasetConfig:
     ann_file: str = ""
     img_dir: str = ""
     filter_empty: bool = False  # drop images without boxes (training)
+    # Training only: repeat-factor sampling threshold t (LVIS), or null for plain sampling.
+    repeat_threshold: Optional[float] = None
+
+    def __post_init__(self):
+        if self.repeat_threshold is not None and not 0 < self.repeat_threshold <= 1:
+            raise ValueError(f"repeat_threshold must be in (0, 1], got {self.repeat_threshold}")
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """When ``enabled``, the synthetic dataset is generated under ``root`` if it is missing."""
+    """When ``enabled``, the synthetic dataset is generated under ``root`` if it is missing.
+
+    ``format: lvis`` makes the long-tailed LVIS-format variant (``num_rare`` / ``num_common`` classes in the
+    rare and common frequency groups, the rest frequent, the most frequent in ``head_images`` images)."""
     enabled: bool = False
+    format: Literal["coco", "lvis"] = "coco"
     root: str = "data/synthetic"
     num_train: int = 600
     num_val: int = 100
@@ -197,6 +207,15 @@ class SyntheticConfig:
     max_object_size: int = 160
     max_objects: int = 6
     seed: int = 0
+    num_rare: int = 8
+    num_common: int = 16
+    head_images: int = 200
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    # LVIS: "fast" (focaldet's vectorised evaluator, identical numbers) or "lvis-api" (the lvis package).
+    lvis_backend: Literal["fast", "lvis-api"] = "fast"
 
 
 @dataclass(frozen=True)
@@ -286,6 +305,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def check(self) -> None:
         """Rules that span sections; raises ValueError naming the keys."""

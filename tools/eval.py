@@ -4,7 +4,8 @@
     python tools/eval.py CONFIG --results results.json [--metrics-out metrics.json]
     torchrun --nproc_per_node 8 tools/eval.py CONFIG CHECKPOINT     # sharded inference, metrics on rank 0
 
---metrics-out writes flat JSON with AP, AP50, AP75, APs, APm, APl as fractions (pycocotools' numbers).
+--metrics-out writes flat JSON with AP, AP50, AP75, APs, APm, APl as fractions (pycocotools' numbers), plus
+APr, APc, APf for LVIS (data.val.format: lvis).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from detector.engine.distributed import barrier, get_rank, init_distributed, is_
 from detector.engine.evaluate import build_evaluator, evaluate_model
 from detector.engine.logging_setup import setup_logging
 from detector.engine.trainer import resolve_device
-from detector.evaluation import format_metrics_table, format_per_class_table, load_results, write_metrics_json
+from detector.evaluation import (format_metrics_table, format_per_class_table, load_results, load_results_columnar,
+                                 write_metrics_json)
 from detector.models import build_model
 
 
@@ -35,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--per-class", action="store_true", help="print AP per class")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--shard-dir", default="work_dirs/eval_shards",
+                        help="folder shared by all processes for LVIS result shards (several processes only)")
     args = parser.parse_args(argv)
     if (args.checkpoint is None) == (args.results is None):
         parser.error("give either a CHECKPOINT or --results FILE")
@@ -45,11 +49,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def score_results_file(cfg, path: str, per_class: bool) -> dict:
     evaluator = build_evaluator(cfg, cfg.data.val.ann_file)
-    results = load_results(path, image_ids=evaluator.image_ids, cat_ids=evaluator.cat_ids)
+    load = load_results_columnar if cfg.data.val.format == "lvis" else load_results  # LVIS files are large
+    results = load(path, image_ids=evaluator.image_ids, cat_ids=evaluator.cat_ids)
     return evaluator.evaluate(results, per_class=per_class)
 
 
-def evaluate_checkpoint(cfg, checkpoint: str, out: str | None, per_class: bool, progress: bool) -> dict:
+def evaluate_checkpoint(cfg, checkpoint: str, out: str | None, per_class: bool, progress: bool,
+                        shard_dir: str) -> dict:
     _, _, local_rank = init_distributed()
     device = resolve_device(cfg.runtime.device, local_rank)
     model = build_model(cfg)
@@ -58,7 +64,8 @@ def evaluate_checkpoint(cfg, checkpoint: str, out: str | None, per_class: bool, 
     model.to(device)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return evaluate_model(cfg, model, device, results_out=out, per_class=per_class, progress=progress)
+    return evaluate_model(cfg, model, device, results_out=out, per_class=per_class, progress=progress,
+                          shard_dir=shard_dir)
 
 
 def main(argv=None) -> int:
@@ -77,7 +84,8 @@ def main(argv=None) -> int:
         if args.results:
             metrics = score_results_file(cfg, args.results, args.per_class)
         else:
-            metrics = evaluate_checkpoint(cfg, args.checkpoint, args.out, args.per_class, not args.no_progress)
+            metrics = evaluate_checkpoint(cfg, args.checkpoint, args.out, args.per_class, not args.no_progress,
+                                          args.shard_dir)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -85,7 +93,11 @@ def main(argv=None) -> int:
         return 0
     print(format_metrics_table(metrics))
     if args.per_class and metrics.get("per_class"):
-        print(format_per_class_table(metrics["per_class"]))
+        per_class = metrics["per_class"]
+        frequency = metrics.get("per_class_frequency")  # LVIS: r / c / f group of each class
+        if frequency:
+            per_class = {f"{name} [{frequency[name]}]": ap for name, ap in per_class.items()}
+        print(format_per_class_table(per_class))
     if args.metrics_out:
         write_metrics_json(args.metrics_out, metrics)
     return 0

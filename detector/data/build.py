@@ -13,8 +13,11 @@ from torch.utils.data import DataLoader
 from detector.config_schema import Config, DatasetConfig
 from detector.data.coco import CocoDetection
 from detector.data.collate import DetectionCollator
+from detector.data.lvis import LVISDetection
+from detector.data.repeat_factor import repeat_factors
 from detector.data.samplers import GroupedBatchSampler, InferenceSampler
 from detector.data.synthetic import ensure_synthetic_coco
+from detector.data.synthetic_lvis import ensure_synthetic_lvis
 from detector.data.transforms import build_transforms
 from detector.engine.seeding import make_worker_init_fn
 
@@ -22,17 +25,27 @@ from detector.engine.seeding import make_worker_init_fn
 def prepare_synthetic_data(cfg: Config) -> None:
     """Generate the synthetic dataset a config asks for when it is missing (call on the main process).
 
-    The generator writes ``<root>/annotations/instances_{train,val}.json`` and ``<root>/{train,val}/``; the
-    config's ``data.train`` / ``data.val`` paths name those files explicitly.
+    The COCO-format generator writes ``<root>/annotations/instances_{train,val}.json`` and
+    ``<root>/{train,val}/``, the LVIS-format one ``<root>/annotations/lvis_v1_{train,val}.json`` and
+    ``<root>/{train,val}2017/``; the config's ``data.train`` / ``data.val`` paths name those files.
     """
     syn = cfg.data.synthetic
-    if syn.enabled:
-        ensure_synthetic_coco(syn.root, num_train=syn.num_train, num_val=syn.num_val, image_size=syn.image_size,
-                              num_classes=syn.num_classes, min_object_size=syn.min_object_size,
-                              max_object_size=syn.max_object_size, max_objects=syn.max_objects, seed=syn.seed)
+    if not syn.enabled:
+        return
+    common = dict(num_train=syn.num_train, num_val=syn.num_val, image_size=syn.image_size,
+                  num_classes=syn.num_classes, min_object_size=syn.min_object_size,
+                  max_object_size=syn.max_object_size, max_objects=syn.max_objects, seed=syn.seed)
+    if syn.format == "lvis":
+        ensure_synthetic_lvis(syn.root, num_rare=syn.num_rare, num_common=syn.num_common,
+                              head_images=syn.head_images, **common)
+    else:
+        ensure_synthetic_coco(syn.root, **common)
 
 
-def build_dataset(cfg: Config, split: str) -> CocoDetection:
+DATASETS = {"coco": CocoDetection, "lvis": LVISDetection}
+
+
+def build_dataset(cfg: Config, split: str) -> CocoDetection | LVISDetection:
     """The ``train`` or ``val`` dataset with its transforms."""
     dataset_cfg: DatasetConfig = getattr(cfg.data, split)
     data = cfg.data
@@ -41,11 +54,8 @@ def build_dataset(cfg: Config, split: str) -> CocoDetection:
                                   max_size=data.max_size if train else data.test_max_size,
                                   flip_prob=data.flip_prob, mean=data.mean, std=data.std)
     ann_file, img_dir = dataset_cfg.ann_file, dataset_cfg.img_dir
-    if dataset_cfg.format != "coco":
-        raise ValueError(f"data.{split}.format: {dataset_cfg.format!r} datasets are not readable by this build "
-                         "of the data pipeline; use 'coco'")
-    dataset = CocoDetection(ann_file, img_dir, transforms=transforms, filter_empty=dataset_cfg.filter_empty,
-                            on_bad_image=data.on_bad_image)
+    dataset = DATASETS[dataset_cfg.format](ann_file, img_dir, transforms=transforms,
+                                           filter_empty=dataset_cfg.filter_empty, on_bad_image=data.on_bad_image)
     if dataset.num_classes != cfg.model.num_classes:
         raise ValueError(f"{ann_file} has {dataset.num_classes} categories but model.num_classes is "
                          f"{cfg.model.num_classes}")
@@ -53,16 +63,23 @@ def build_dataset(cfg: Config, split: str) -> CocoDetection:
 
 
 def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple[DataLoader, GroupedBatchSampler]:
-    """The training loader and its batch sampler (call ``sampler.set_epoch`` before each epoch)."""
+    """The training loader and its batch sampler (call ``sampler.set_epoch`` before each epoch).
+
+    With ``data.train.repeat_threshold`` t, images are repeated by LVIS's repeat factors
+    r_i = max over the image's categories of max(1, sqrt(t / f_c)) (stochastic rounding every epoch); an
+    epoch then holds round(sum_i r_i) images instead of N.
+    """
     data = cfg.data
     if data.batch_size % world_size:
         raise ValueError(f"data.batch_size ({data.batch_size}) must be divisible by the number of processes "
                          f"({world_size})")
     dataset = build_dataset(cfg, "train")
+    threshold = data.train.repeat_threshold
+    factors = repeat_factors(dataset.image_category_ids(), threshold) if threshold is not None else None
     sampler = GroupedBatchSampler(dataset.aspect_ratios(), batch_size=data.batch_size // world_size,
                                   seed=cfg.runtime.seed, shuffle=True,
                                   group_by_aspect_ratio=data.aspect_ratio_grouping, rank=rank,
-                                  world_size=world_size, drop_last=True)
+                                  world_size=world_size, drop_last=True, repeat_factors=factors)
     if len(sampler) == 0:
         raise ValueError(f"{dataset.ann_file}: {len(dataset)} images give no full batch of "
                          f"{data.batch_size // world_size} per process; lower data.batch_size")

@@ -226,7 +226,8 @@ class Trainer:
         return self.eval_metrics
 
     def evaluate(self) -> dict:
-        metrics = evaluate_model(self.cfg, unwrap_model(self.model), self.device, progress=self.progress)
+        metrics = evaluate_model(self.cfg, unwrap_model(self.model), self.device, progress=self.progress,
+                                 shard_dir=self.work_dir / "eval_shards")
         self.model.train()
         if is_main_process():
             self.metrics_log.log(self.iteration, {k: v for k, v in metrics.items() if isinstance(v, float)},
