@@ -6,6 +6,7 @@ from detector.data.lvis import LVISDetection
 from detector.data.repeat_factor import category_repeat_factors, repeat_factors
 from detector.data.samplers import GroupedBatchSampler, InferenceSampler
 from detector.data.synthetic import ensure_synthetic_coco, generate_synthetic_coco
+from detector.data.synthetic_lvis import ensure_synthetic_lvis, generate_synthetic_lvis
 from detector.data.transforms import build_transforms
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "build_transforms",
     "category_repeat_factors",
     "ensure_synthetic_coco",
+    "ensure_synthetic_lvis",
     "generate_synthetic_coco",
+    "generate_synthetic_lvis",
     "repeat_factors",
 ]
