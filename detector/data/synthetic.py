@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -403,16 +404,23 @@ def ensure_synthetic_coco(root: str, **params) -> dict:
     half-written dataset and two processes racing here both end with the same complete files. The parameters
     are recorded in `root/params.json`; an existing dataset made with other parameters is kept, with a warning.
     """
+    return ensure_generated(root, synthetic_paths, generate_synthetic_coco, ("train", "val"), params)
+
+
+def ensure_generated(root: str, paths_of: Callable[[str], dict], generate: Callable[..., dict],
+                     image_folders: tuple[str, ...], params: dict) -> dict:
+    """The shared body of the `ensure_synthetic_*` functions: generate into a temporary sibling of `root`
+    with `generate(tmp_root, **params)`, move it into place, and return `paths_of(root)`."""
     root = os.path.abspath(root)
-    paths = synthetic_paths(root)
+    paths = paths_of(root)
     if not _is_complete(paths):
         parent = os.path.dirname(root)
         os.makedirs(parent, exist_ok=True)
         tmp_root = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
         os.chmod(tmp_root, 0o755)  # mkdtemp makes it private; the dataset should not be
         try:
-            generate_synthetic_coco(tmp_root, **params)
-            _move_into_place(tmp_root, root, paths)
+            generate(tmp_root, **params)
+            _move_into_place(tmp_root, root, paths, image_folders)
         finally:
             shutil.rmtree(tmp_root, ignore_errors=True)
     _warn_if_params_differ(paths, params)
@@ -423,7 +431,7 @@ def _is_complete(paths: dict) -> bool:
     return all(os.path.isfile(paths[key]) for key in ("train_ann_file", "val_ann_file", "params_file"))
 
 
-def _move_into_place(tmp_root: str, root: str, paths: dict) -> None:
+def _move_into_place(tmp_root: str, root: str, paths: dict, image_folders: tuple[str, ...]) -> None:
     """Rename `tmp_root` to `root` (atomic when `root` is absent or empty); if `root` already holds other
     files, move the parts in one by one, annotations last, so they mark completion."""
     try:
@@ -432,7 +440,7 @@ def _move_into_place(tmp_root: str, root: str, paths: dict) -> None:
     except OSError:
         if _is_complete(paths):  # another process finished first
             return
-    for name in ("train", "val", "params.json", "annotations"):
+    for name in (*image_folders, "params.json", "annotations"):
         target = os.path.join(root, name)
         if os.path.isdir(target):  # stale leftovers of an interrupted run: move them aside to be deleted
             os.rename(target, os.path.join(tmp_root, f"stale-{name}"))

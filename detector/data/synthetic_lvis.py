@@ -33,19 +33,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 
 import numpy as np
 from PIL import Image
 
 from detector.data.synthetic import (
-    _is_complete,
     _render_image,
-    _warn_if_params_differ,
     category_id,
     class_appearance,
     class_names,
+    ensure_generated,
 )
 
 logger = logging.getLogger("detector.data")
@@ -314,33 +311,5 @@ def ensure_synthetic_lvis(root: str, **params) -> dict:
     never see a half-written dataset and racing processes end with the same complete files; an existing
     dataset made with other parameters is kept, with a warning.
     """
-    root = os.path.abspath(root)
-    paths = synthetic_lvis_paths(root)
-    if not _is_complete(paths):
-        parent = os.path.dirname(root)
-        os.makedirs(parent, exist_ok=True)
-        tmp_root = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.tmp-", dir=parent)
-        os.chmod(tmp_root, 0o755)  # mkdtemp makes it private; the dataset should not be
-        try:
-            generate_synthetic_lvis(tmp_root, **params)
-            _move_into_place(tmp_root, root, paths)
-        finally:
-            shutil.rmtree(tmp_root, ignore_errors=True)
-    _warn_if_params_differ(paths, params)
-    return paths
+    return ensure_generated(root, synthetic_lvis_paths, generate_synthetic_lvis, ("train2017", "val2017"), params)
 
-
-def _move_into_place(tmp_root: str, root: str, paths: dict) -> None:
-    """Rename `tmp_root` to `root` (atomic when `root` is absent or empty); if `root` already holds other
-    files, move the parts in one by one, annotations last, so they mark completion."""
-    try:
-        os.rename(tmp_root, root)
-        return
-    except OSError:
-        if _is_complete(paths):  # another process finished first
-            return
-    for name in ("train2017", "val2017", "params.json", "annotations"):
-        target = os.path.join(root, name)
-        if os.path.isdir(target):  # stale leftovers of an interrupted run: move them aside to be deleted
-            os.rename(target, os.path.join(tmp_root, f"stale-{name}"))
-        os.replace(os.path.join(tmp_root, name), target)
