@@ -27,6 +27,7 @@ import io
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -53,6 +54,7 @@ BACKENDS = ("fast", "lvis-api")
 _COLUMNS = ("image_id", "category_id", "bbox", "score")
 _CHUNK_CHARS = 1 << 24  # characters of results JSON parsed at once (~180k detections)
 _MAX_CUT_RETRIES = 64
+_MIN_ENTRY_CHARS = len('{"image_id":0,"category_id":0,"bbox":[0,0,0,0],"score":0}')
 
 
 class _ForwardToDebug(logging.Handler):
@@ -204,12 +206,23 @@ class LVISEvaluator:
 # Columnar results files
 
 
-def _iter_json_list(path: Path, chunk_chars: int) -> Iterator[list]:
-    """The elements of a top-level JSON list, parsed ``chunk_chars`` characters at a time.
+def _iter_result_chunks(path: Path, chunk_chars: int) -> Iterator[Columnar]:
+    """Columns of a top-level JSON list of results, parsed ``chunk_chars`` characters at a time.
 
-    Each block is cut after its last ``}`` and parsed as ``[...]`` by the C json decoder; a cut that
-    splits a nested object fails to parse at its end and moves back to the previous ``}``.
+    Each block is cut after its last ``}``; the piece is parsed by ``_parse_canonical`` when it has the
+    canonical layout, otherwise as ``[piece]`` by the C json decoder (a cut that splits a nested object
+    fails to parse at its end and moves back to the previous ``}``).
     """
+    count = 0  # entries parsed so far, for error messages
+
+    def parse(piece: str) -> Columnar:
+        nonlocal count
+        columns = _parse_canonical(piece)
+        if columns is None:
+            columns = _chunk_to_columns(path, json.loads("[" + piece + "]"), count)
+        count += len(columns["score"])
+        return columns
+
     with open(path, encoding="utf-8") as f:
         text = f.read(chunk_chars).lstrip()
         while not text:
@@ -233,35 +246,85 @@ def _iter_json_list(path: Path, chunk_chars: int) -> Iterator[list]:
             for _ in range(_MAX_CUT_RETRIES):
                 if cut < 0:
                     break
-                piece = "[" + text[: cut + 1] + "]"
                 try:
-                    items = json.loads(piece)
+                    columns = parse(text[: cut + 1])
                 except json.JSONDecodeError as error:
-                    if error.pos < len(piece) - 1 and not error.msg.startswith("Unterminated string"):
+                    # "[" + text[: cut + 1] + "]": an error before the closing "]" (at cut + 2) is real.
+                    if error.pos < cut + 2 and not error.msg.startswith("Unterminated string"):
                         raise ResultsFormatError(f"results file {path} is not valid JSON: {error.msg}") from None
                     cut = text.rfind("}", 0, cut)
                     continue
-                yield items
+                yield columns
                 text, after_element = text[cut + 1 :], True
                 break
         rest = text.strip()
         if after_element:
-            rest = rest[1:].lstrip() if rest.startswith(",") else rest
             if not rest:
                 raise ResultsFormatError(f"results file {path} is not valid JSON: the list is not closed")
+            rest = rest[1:].lstrip() if rest.startswith(",") else rest
             if rest != "]":
                 raise ResultsFormatError(f"results file {path} is not valid JSON: expected ',' or ']' after an entry")
         if not rest.endswith("]"):
             raise ResultsFormatError(f"results file {path} is not valid JSON: the list is not closed")
         if rest[:-1].strip():
             try:
-                yield json.loads("[" + rest[:-1] + "]")
+                yield parse(rest[:-1])
             except json.JSONDecodeError as error:
                 raise ResultsFormatError(f"results file {path} is not valid JSON: {error.msg}") from None
 
 
+# The canonical layout is json.dump's of flat result dicts: {"image_id": 1, "category_id": 3,
+# "bbox": [x, y, w, h], "score": s} (any key order, separators ", " / ": " or compact, or a newline
+# after a comma).  Its numbers are parsed by one np.fromstring call (correctly rounded like float(),
+# tested), ~3x faster than json.loads and without a dict per detection.
+_SKELETON = str.maketrans("", "", "0123456789.-+eE \n")  # what is left of the text without its numbers
+_STRUCTURE = str.maketrans("{}[],:", "      ")
+_NON_INTEGER_ID = re.compile(r'_id": ?-?[0-9]*[.eE]')  # "image_id": 1.0 goes to the validating path
+_WIDTH = {"image_id": 1, "category_id": 1, "bbox": 4, "score": 1}
+
+
+def _parse_canonical(piece: str) -> Columnar | None:
+    """Columns of a piece ``{...}, {...}`` in the canonical layout, or None when it is not in it."""
+    piece = piece.strip()
+    try:
+        head = json.loads(piece[: piece.find("}") + 1])
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(head, dict) or set(head) != set(_WIDTH) or len(head) != len(_WIDTH):
+        return None
+    keys = list(head)
+    unit = "{" + ",".join(f'"{key}":' + ("[,,,]" if key == "bbox" else "") for key in keys) + "}"
+    num = piece.count("{")
+    if piece.translate(_SKELETON) != ",".join([unit.translate(_SKELETON)] * num):
+        return None
+    # Whitespace only right after a separator: then no slot can hold two numbers.
+    if piece.count(" ") + piece.count("\n") != piece.count(", ") + piece.count(": ") + piece.count(",\n"):
+        return None
+    if _NON_INTEGER_ID.search(piece):
+        return None
+    for key in keys:
+        piece = piece.replace(f'"{key}"', " ")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # fromstring only warns about text it cannot parse
+        try:
+            values = np.fromstring(piece.translate(_STRUCTURE), dtype=np.float64, sep=" ")
+        except (ValueError, DeprecationWarning):
+            return None
+    if values.size != num * 7:
+        return None
+    values = values.reshape(num, 7)
+    columns, start = {}, 0
+    for key in keys:
+        columns[key] = values[:, start : start + _WIDTH[key]]
+        start += _WIDTH[key]
+    ids = np.concatenate([columns["image_id"], columns["category_id"]], axis=1)
+    if not (np.abs(ids) <= 2**53).all():
+        return None
+    return as_columnar({key: np.ascontiguousarray(value) for key, value in columns.items()})
+
+
 def _chunk_to_columns(path: Path, items: list, first: int) -> Columnar:
-    """Validated arrays of one parsed chunk; a bad entry is reported by its index in the file."""
+    """Validated arrays of one chunk parsed by json; a bad entry is reported by its index in the file."""
     try:
         image_id, category_id, bbox, score = zip(*[(r["image_id"], r["category_id"], r["bbox"], r["score"]) for r in items])
         columns = {
@@ -295,37 +358,39 @@ def load_results_columnar(
 ) -> Columnar:
     """Read a COCO-format results JSON into ``{"image_id", "category_id", "bbox" (N, 4), "score"}`` arrays.
 
-    The file is parsed ``chunk_chars`` characters at a time, so memory holds the arrays plus one chunk's
-    dicts instead of millions of dicts (6M detections: ~0.35 GB of arrays against ~3 GB as dicts).
+    The file is parsed ``chunk_chars`` characters at a time, so memory holds the arrays plus one chunk
+    instead of millions of dicts (6M detections: 0.34 GB of arrays against ~3 GB as dicts).  The
+    returned arrays are views of buffers sized for the largest count the file could hold; the unused
+    tail is never written, so it takes address space, not memory.
     Entries are validated as ``load_results`` does; with ``image_ids`` / ``cat_ids`` unknown ids raise
     ``ResultsFormatError``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} does not exist")
-    chunks: list[Columnar] = []
+    # Chunks are copied into arrays sized for the most entries the file can hold (each entry is at least
+    # _MIN_ENTRY_CHARS long); pages never written are never resident, so memory follows the real count
+    # and no list of chunk arrays is kept or concatenated.
+    capacity = path.stat().st_size // _MIN_ENTRY_CHARS + 1
+    buffers = {
+        "image_id": np.empty(capacity, dtype=np.int64),
+        "category_id": np.empty(capacity, dtype=np.int64),
+        "bbox": np.empty((capacity, 4), dtype=np.float64),
+        "score": np.empty(capacity, dtype=np.float64),
+    }
     count = 0
-    for items in _iter_json_list(path, chunk_chars):
-        chunks.append(_chunk_to_columns(path, items, count))
-        count += len(items)
-        del items
-    columns = _concatenate(chunks)
+    for chunk in _iter_result_chunks(path, chunk_chars):
+        size = len(chunk["score"])
+        for key in _COLUMNS:
+            buffers[key][count : count + size] = chunk[key]
+        count += size
+    columns = {key: buffer[:count] for key, buffer in buffers.items()}
     for key, allowed in (("image_id", image_ids), ("category_id", cat_ids)):
         if allowed is not None:
             unknown = np.setdiff1d(columns[key], np.asarray(list(allowed), dtype=np.int64))
             if unknown.size:
                 where = "the ground truth" if key == "image_id" else "the categories"
                 raise ResultsFormatError(f"results file {path}: {key} {_format_ids(unknown.tolist())} not in {where}")
-    return columns
-
-
-def _concatenate(chunks: list[Columnar]) -> Columnar:
-    """Concatenate column by column, freeing each column's chunks as soon as it is joined."""
-    if not chunks:
-        return as_columnar([])
-    columns = {}
-    for key in _COLUMNS:
-        columns[key] = np.concatenate([chunk.pop(key) for chunk in chunks])
     return columns
 
 

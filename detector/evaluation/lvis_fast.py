@@ -59,8 +59,9 @@ FREQUENCY_LABELS = ("r", "c", "f")
 _NUM_T, _NUM_A = len(IOU_THRESHOLDS), len(AREA_RANGES)
 _MATCH_THRESHOLDS = np.minimum(IOU_THRESHOLDS, 1 - 1e-10)  # evaluate_img: iou = min(thr, 1 - 1e-10)
 _BIT = (1 << np.arange(_NUM_T)).astype(np.uint16)  # one bit per IoU threshold
-_PAIR_CHUNK = 1 << 22  # (detection, ground truth) IoU pairs computed at once
-_STATE_CHUNK = 1 << 22  # problems x areas x thresholds x gt columns in one greedy-matching batch
+_SELECT_CHUNK = 1 << 20  # detections filtered at once
+_PAIR_CHUNK = 1 << 20  # (detection, ground truth) IoU pairs computed at once
+_STATE_CHUNK = 1 << 20  # problems x areas x thresholds x gt columns in one greedy-matching batch
 
 Columnar = dict[str, np.ndarray]
 
@@ -113,16 +114,40 @@ def _keys(image_index: np.ndarray, cat_index: np.ndarray, num_cats: int) -> np.n
     return image_index.astype(np.int64) * num_cats + cat_index
 
 
+# Dense lookup tables replace binary searches when small enough: ids below _MAX_ID_TABLE (an int64 per
+# id) and pair keys below _MAX_KEY_TABLE (a bool per key; LVIS v1 val: 20k x 1203 = 24M).
+_MAX_ID_TABLE = 1 << 22
+_MAX_KEY_TABLE = 1 << 26
+
+
 def _index_in(sorted_ids: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(position of each value in ``sorted_ids``, whether it is there)."""
+    if len(values) > len(sorted_ids) > 0 and 0 <= sorted_ids[0] and sorted_ids[-1] < _MAX_ID_TABLE:
+        table = np.full(int(sorted_ids[-1]) + 2, -1, dtype=np.int64)  # last slot: any out-of-range value
+        table[sorted_ids] = np.arange(len(sorted_ids))
+        position = table[np.clip(values, -1, len(table) - 1)]
+        found = position >= 0
+        return np.where(found, position, 0), found
     position = np.searchsorted(sorted_ids, values)
     found = position < len(sorted_ids)
     found[found] = sorted_ids[position[found]] == values[found]
     return np.where(found, position, 0), found
 
 
-def _isin_sorted(values: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
-    return _index_in(sorted_unique, values)[1]
+class _KeySet:
+    """A set of (image, category) keys in [0, size): a bool table when small, else binary search."""
+
+    def __init__(self, keys: np.ndarray, size: int) -> None:
+        self.keys = np.unique(keys)
+        self.table = None
+        if size <= _MAX_KEY_TABLE:
+            self.table = np.zeros(size, dtype=bool)
+            self.table[self.keys] = True
+
+    def contains(self, keys: np.ndarray) -> np.ndarray:
+        if self.table is not None:
+            return self.table[keys]
+        return _index_in(self.keys, keys)[1]
 
 
 @dataclass(frozen=True, eq=False)
@@ -199,9 +224,14 @@ class LvisGroundTruth:
         )
 
     @cached_property
-    def positive_keys(self) -> np.ndarray:
-        """Sorted unique _keys of the (image, category) pairs with a ground truth."""
-        return np.unique(_keys(self.gt_image, self.gt_category, len(self.cat_ids)))
+    def evaluated_pairs(self) -> _KeySet:
+        """(image, category) pairs whose detections lvis-api keeps: a ground truth there, or negative."""
+        positive = _keys(self.gt_image, self.gt_category, len(self.cat_ids))
+        return _KeySet(np.concatenate([positive, self.neg_keys]), len(self.image_ids) * len(self.cat_ids))
+
+    @cached_property
+    def not_exhaustive_pairs(self) -> _KeySet:
+        return _KeySet(self.not_exhaustive_keys, len(self.image_ids) * len(self.cat_ids))
 
     @cached_property
     def gt_area_ignore(self) -> np.ndarray:
@@ -216,6 +246,21 @@ class LvisGroundTruth:
         return self.gt_category * len(self.image_ids) + self.gt_image
 
 
+def _cap_mask(image: np.ndarray, num_images: int, score: np.ndarray, max_dets: int) -> np.ndarray | None:
+    """Kept-detection mask of ``LVISResults.limit_dets_per_image`` for dense image indices, None for all."""
+    counts = np.bincount(image, minlength=num_images)
+    if counts.max(initial=0) <= max_dets:
+        return None
+    crowded = np.flatnonzero(counts[image] > max_dets)  # only crowded images need sorting
+    order = crowded[np.lexsort((-score[crowded], image[crowded]))]  # stable: ties keep input order
+    sorted_images = image[order]
+    starts = np.flatnonzero(np.r_[True, sorted_images[1:] != sorted_images[:-1]])
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    keep = np.ones(len(image), dtype=bool)
+    keep[order[rank >= max_dets]] = False
+    return keep
+
+
 def cap_detections_per_image(image_id: np.ndarray, score: np.ndarray, max_dets: int) -> np.ndarray | None:
     """Indices (ascending) of the detections ``LVISResults.limit_dets_per_image`` keeps, or None for all.
 
@@ -224,17 +269,9 @@ def cap_detections_per_image(image_id: np.ndarray, score: np.ndarray, max_dets: 
     """
     if len(image_id) == 0:
         return None
-    _, inverse, counts = np.unique(image_id, return_inverse=True, return_counts=True)
-    if counts.max() <= max_dets:
-        return None
-    crowded = np.flatnonzero(counts[inverse] > max_dets)
-    order = crowded[np.lexsort((-score[crowded], image_id[crowded]))]
-    sorted_images = image_id[order]
-    starts = np.flatnonzero(np.r_[True, sorted_images[1:] != sorted_images[:-1]])
-    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    keep = np.ones(len(image_id), dtype=bool)
-    keep[order[rank >= max_dets]] = False
-    return np.flatnonzero(keep)
+    _, image = np.unique(image_id, return_inverse=True)
+    keep = _cap_mask(image.reshape(-1), int(image.max()) + 1, np.asarray(score, dtype=np.float64), max_dets)
+    return None if keep is None else np.flatnonzero(keep)
 
 
 @dataclass
@@ -249,29 +286,42 @@ class _Detections:
 
 
 def _select(gt: LvisGroundTruth, dets: Columnar, max_dets: int) -> _Detections:
-    """Apply lvis-api's per-image cap, then its per-image category filter; sort for grouping."""
-    image_id, score = dets["image_id"], dets["score"]
-    index = cap_detections_per_image(image_id, score, max_dets)
-    index = np.arange(len(image_id)) if index is None else index
-    image, image_known = _index_in(gt.image_ids, image_id[index])
-    if not image_known.all():
-        unknown = np.unique(image_id[index][~image_known])[:10].tolist()
-        raise ValueError(f"detections on images {unknown} that are not in the ground truth")
-    category, cat_known = _index_in(gt.cat_ids, dets["category_id"][index])
-    wh = dets["bbox"][index, 2:]
-    area = wh[:, 0] * wh[:, 1]
-    keys = _keys(image, category, len(gt.cat_ids))
-    keep = cat_known & (area > 0) & (area < np.inf)
-    keep &= _isin_sorted(keys, gt.positive_keys) | _isin_sorted(keys, gt.neg_keys)
-    index, image, category, area, keys = (a[keep] for a in (index, image, category, area, keys))
+    """Apply lvis-api's per-image cap, then its per-image category filter; sort for grouping.
+
+    Works through the detections in chunks of ``_SELECT_CHUNK`` so that only the kept ones are copied.
+    """
+    image_id, category_id, boxes, score = (dets[key] for key in ("image_id", "category_id", "bbox", "score"))
+    num_dets, num_cats = len(score), len(gt.cat_ids)
+    chunks = [slice(start, start + _SELECT_CHUNK) for start in range(0, num_dets, _SELECT_CHUNK)]
+    image = np.empty(num_dets, dtype=np.int64)  # (N,) image index
+    for part in chunks:
+        image[part], known = _index_in(gt.image_ids, image_id[part])
+        if not known.all():
+            unknown = np.unique(image_id[part][~known])[:10].tolist()
+            raise ValueError(f"detections on images {unknown} that are not in the ground truth")
+    capped = _cap_mask(image, len(gt.image_ids), score, max_dets)
+    kept = []
+    for part in chunks:
+        index = np.arange(num_dets)[part] if capped is None else part.start + np.flatnonzero(capped[part])
+        category, cat_known = _index_in(gt.cat_ids, category_id[index])
+        area = boxes[index, 2] * boxes[index, 3]
+        keys = _keys(image[index], category, num_cats)
+        keep = cat_known & (area > 0) & (area < np.inf)
+        keep &= gt.evaluated_pairs.contains(keys)
+        kept.append(index[keep])
+    index = np.concatenate(kept) if kept else np.zeros(0, dtype=np.int64)
+    image = image[index]
+    category = _index_in(gt.cat_ids, category_id[index])[0]
     order = np.lexsort((-score[index], image, category))  # stable: input order breaks score ties
-    index, image, category, area, keys = (a[order] for a in (index, image, category, area, keys))
+    index, image, category = index[order], image[order], category[order]
+    boxes = boxes[index]
+    area = boxes[:, 2] * boxes[:, 3]
     lo, hi = np.array(AREA_RANGES, dtype=np.float64).T
-    not_exhaustive = _isin_sorted(keys, gt.not_exhaustive_keys)
+    not_exhaustive = gt.not_exhaustive_pairs.contains(_keys(image, category, num_cats))
     return _Detections(
         image=image,
         category=category,
-        boxes=dets["bbox"][index],
+        boxes=boxes,
         score=score[index],
         unmatched_ignore=(area[:, None] < lo) | (area[:, None] > hi) | not_exhaustive[:, None],
     )

@@ -272,6 +272,39 @@ def test_load_results_columnar_round_trip(tmp_path, chunk_chars, indent):
     _assert_columns_equal(load_results_columnar(path, chunk_chars=chunk_chars), results)
 
 
+@pytest.mark.parametrize("separators", [(", ", ": "), (",", ":")])
+def test_canonical_fast_path_is_exact(tmp_path, monkeypatch, separators):
+    """json.dump's flat layout (any key order) is parsed without json.loads, to the same floats."""
+    from detector.evaluation import lvis_evaluator
+
+    def no_json_path(*args):
+        raise AssertionError("the canonical layout fell back to the json path")
+
+    rng = np.random.default_rng(1)
+    results = _random_results(300)
+    for r in results[::3]:
+        r["score"] = float(rng.uniform() * 10.0 ** rng.integers(-12, 0))  # exponents: 1e-07, ...
+        r["bbox"] = [float(v) for v in rng.standard_normal(4) * 1e3]  # 17 significant digits
+    results[1]["bbox"] = [1, 2, 3, 4]  # integers
+    path = tmp_path / "results.json"
+    reordered = [{key: r[key] for key in ("score", "bbox", "category_id", "image_id")} for r in results]
+    monkeypatch.setattr(lvis_evaluator, "_chunk_to_columns", no_json_path)
+    for layout in (results, reordered):
+        path.write_text(json.dumps(layout, separators=separators))
+        for chunk_chars in (300, 1 << 20):
+            _assert_columns_equal(load_results_columnar(path, chunk_chars=chunk_chars), results)
+
+
+def test_mixed_layouts_fall_back_to_json(tmp_path):
+    results = _random_results(40)
+    results[7] = {"score": 0.5, "bbox": [1.5, 2.0, 3.0, 4.0], "category_id": 4, "image_id": 2}  # key order
+    results[9]["extra"] = [1, {"a": "}"}]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results))
+    for chunk_chars in (50, 1 << 20):
+        _assert_columns_equal(load_results_columnar(path, chunk_chars=chunk_chars), results)
+
+
 def test_load_results_columnar_empty_and_errors(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(" [ ] ")
@@ -282,6 +315,9 @@ def test_load_results_columnar_empty_and_errors(tmp_path):
         '[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}, {"image_id": x}]': "not valid JSON",
         '[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}, {"image_id": 2}]': "entry 1",
         '[{"image_id": 1.5, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}]': "entry 0",
+        '[{"image_id": 1.0, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}]': "entry 0",
+        '[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5 1}]': "not valid JSON",
+        '[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": true}]': "entry 0",
         '[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3], "score": 0.5}]': "bbox",
     }
     for text, message in cases.items():
