@@ -29,8 +29,8 @@ from torch import Tensor, nn
 
 from detector.assigners import IGNORE
 from detector.boxes import DeltaBoxCoder, box_iou_paired
-from detector.models.heads.common import (Scale, anchor_centres, centerness_target, conv_tower, flatten_level,
-                                          mean_over_processes, pad_targets, prediction_conv)
+from detector.models.heads.common import (Scale, anchor_centres, assign_targets, centerness_target, conv_tower,
+                                          flatten_level, mean_over_processes, prediction_conv)
 from detector.models.postprocess import nms_per_image, select_candidates
 
 QUALITY_BRANCHES = (None, "centerness", "iou")
@@ -86,19 +86,10 @@ class AnchorHead(nn.Module):
         quality = torch.cat(quality_out, dim=1).squeeze(2) if quality_out else None
         return torch.cat(cls_out, dim=1), torch.cat(box_out, dim=1), quality
 
-    def assign(self, anchors: Tensor, num_anchors_per_level: list[int], targets: list[dict]):
-        gt = pad_targets(targets, anchors.device)
-        if getattr(self.assigner, "uses_levels", False):  # ATSS picks candidates level by level
-            assigned = self.assigner.assign_batched(anchors, num_anchors_per_level, gt.boxes, gt.valid,
-                                                    gt.ignore_boxes, gt.ignore_valid)
-        else:
-            assigned = self.assigner.assign_batched(anchors, gt.boxes, gt.valid, gt.ignore_boxes, gt.ignore_valid)
-        return gt, assigned  # assigned: (B, N) gt index, -1 background, -2 ignored
-
     def loss(self, outputs: tuple, anchors: Tensor, num_anchors_per_level: list[int],
              targets: list[dict]) -> dict[str, Tensor]:
         pred_logits, pred_deltas, pred_quality = outputs
-        gt, assigned = self.assign(anchors, num_anchors_per_level, targets)
+        gt, assigned = assign_targets(self.assigner, anchors, num_anchors_per_level, targets)
         positive = assigned >= 0  # (B, N)
         num_pos = mean_over_processes(positive.sum().float()).clamp(min=1.0)
         batch_idx, anchor_idx = positive.nonzero(as_tuple=True)  # (P,) each

@@ -70,6 +70,18 @@ def pad_targets(targets: list[dict], device: torch.device) -> PaddedTargets:
     return PaddedTargets(boxes, labels, valid, ignore, ignore_valid)
 
 
+def assign_targets(assigner, anchors: Tensor, num_anchors_per_level: list[int],
+                   targets: list[dict]) -> tuple[PaddedTargets, Tensor]:
+    """Pad the batch's ground truths and assign every anchor: (B, N) gt index, -1 background, -2 ignored."""
+    gt = pad_targets(targets, anchors.device)
+    if getattr(assigner, "uses_levels", False):  # ATSS picks its candidates level by level
+        assigned = assigner.assign_batched(anchors, num_anchors_per_level, gt.boxes, gt.valid, gt.ignore_boxes,
+                                           gt.ignore_valid)
+    else:
+        assigned = assigner.assign_batched(anchors, gt.boxes, gt.valid, gt.ignore_boxes, gt.ignore_valid)
+    return gt, assigned
+
+
 def mean_over_processes(value: Tensor) -> Tensor:
     """Average a scalar over all processes (the positives normaliser), so every rank divides alike."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

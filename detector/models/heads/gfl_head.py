@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from detector.assigners import IGNORE
 from detector.boxes import DistancePointCoder, box_iou_paired
 from detector.losses import distribution_focal_loss, integral_distribution
-from detector.models.heads.common import (Scale, anchor_centres, conv_tower, flatten_level, mean_over_processes,
-                                          pad_targets, prediction_conv)
+from detector.models.heads.common import (Scale, anchor_centres, assign_targets, conv_tower, flatten_level,
+                                          mean_over_processes, prediction_conv)
 from detector.models.postprocess import nms_per_image, select_candidates
 
 
@@ -71,11 +71,7 @@ class GFLHead(nn.Module):
     def loss(self, outputs: tuple, anchors: Tensor, num_anchors_per_level: list[int],
              targets: list[dict]) -> dict[str, Tensor]:
         pred_logits, pred_bins = outputs
-        gt = pad_targets(targets, anchors.device)
-        assigned = self.assigner.assign_batched(anchors, num_anchors_per_level, gt.boxes, gt.valid,
-                                                gt.ignore_boxes, gt.ignore_valid) \
-            if getattr(self.assigner, "uses_levels", False) else \
-            self.assigner.assign_batched(anchors, gt.boxes, gt.valid, gt.ignore_boxes, gt.ignore_valid)  # (B, N)
+        gt, assigned = assign_targets(self.assigner, anchors, num_anchors_per_level, targets)  # (B, N)
         positive = assigned >= 0
         num_pos = mean_over_processes(positive.sum().float()).clamp(min=1.0)
         batch_idx, anchor_idx = positive.nonzero(as_tuple=True)  # (P,)
