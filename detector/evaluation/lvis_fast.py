@@ -368,32 +368,35 @@ def _edges(gt: LvisGroundTruth, dets: _Detections) -> tuple[np.ndarray, np.ndarr
     return np.concatenate(out_det), np.concatenate(out_gt), np.concatenate(out_iou)
 
 
-def _greedy(iou_rows: np.ndarray, steps: np.ndarray, ignore: np.ndarray) -> np.ndarray:
+def _greedy(cols: np.ndarray, ious: np.ndarray, steps: np.ndarray, ignore: np.ndarray) -> np.ndarray:
     """Greedy matching of a batch of problems, all areas and thresholds at once.
 
     Args:
-        iou_rows: (sum C, H) IoUs in step-major order: rows [off[j], off[j] + steps[j]) hold detection j
-            (by score) of problems 0..steps[j]-1; -1 where no edge.  Problems are sorted by C descending.
+        cols, ious: (sum C, K) each candidate detection's edges: ground-truth column (ascending, i.e. file
+            order) and IoU, padded with IoU -1.  Rows are step-major: rows [off[j], off[j] + steps[j])
+            hold detection j (by score) of problems 0..steps[j]-1 (problems sorted by C descending).
         steps: (max C,) number of problems still active at each step.
         ignore: (P, A, H) ground truth ignored per area range.
     Returns:
-        (sum C, A, T) int64 local column of the matched ground truth, -1 when unmatched.
+        (sum C, A, T) int64 column of the matched ground truth, -1 when unmatched.
     """
     num_problems, _, width = ignore.shape
+    num_edges = cols.shape[1]
     matched = np.zeros((num_problems, _NUM_A, _NUM_T, width), dtype=bool)
-    out = np.empty((len(iou_rows), _NUM_A, _NUM_T), dtype=np.int64)
-    ignore = ignore[:, :, None, :]  # (P, A, 1, H)
+    out = np.empty((len(cols), _NUM_A, _NUM_T), dtype=np.int64)
     offset = 0
     for n in steps.tolist():
-        iou = iou_rows[offset : offset + n, None, None, :]  # (n, 1, 1, H)
-        free = (iou >= _MATCH_THRESHOLDS[None, None, :, None]) & ~matched[:n]  # (n, A, T, H)
-        ign = ignore[:n]
+        col = cols[offset : offset + n, None, None, :]  # (n, 1, 1, K)
+        iou = ious[offset : offset + n, None, None, :]
+        taken = np.take_along_axis(matched[:n], col, axis=-1)  # (n, A, T, K)
+        ign = np.take_along_axis(ignore[:n], col[:, :, 0], axis=-1)[:, :, None, :]  # (n, A, 1, K)
+        free = (iou >= _MATCH_THRESHOLDS[None, None, :, None]) & ~taken
         # Prefer non-ignored ground truths: ignored ones compete only when no non-ignored one is free.
-        regular_free = (free & ~ign).any(axis=-1, keepdims=True)
-        free &= ~(ign & regular_free)
+        free &= ~(ign & (free & ~ign).any(axis=-1, keepdims=True))
         value = np.where(free, iou, -1.0)
-        best = width - 1 - np.argmax(value[..., ::-1], axis=-1)  # last index among equal IoUs
-        best = np.where(free.any(axis=-1), best, -1)  # (n, A, T)
+        last = num_edges - 1 - np.argmax(value[..., ::-1], axis=-1)  # last column among equal IoUs
+        best = np.take_along_axis(col, last[..., None], axis=-1)[..., 0]  # (n, A, T)
+        best = np.where(free.any(axis=-1), best, -1)
         out[offset : offset + n] = best
         p, a, t = np.nonzero(best >= 0)
         matched[p, a, t, best[p, a, t]] = True
@@ -477,16 +480,19 @@ def _match_batch(gt, dets, problems: _Problems, members, width, tp_bits, fp_bits
     row = np.r_[0, np.cumsum(steps)][rank] + local  # step-major row of each candidate
 
     num_edges = problems.cand_edges[cand]
-    edge = np.repeat(problems.cand_edge_start[cand] - (np.cumsum(num_edges) - num_edges), num_edges)
-    edge += np.arange(len(edge))
-    iou_rows = np.full((len(cand), width), -1.0)
-    iou_rows[np.repeat(row, num_edges), problems.edge_col[edge]] = problems.edge_iou[edge]
+    slot = np.arange(num_edges.sum()) - np.repeat(np.cumsum(num_edges) - num_edges, num_edges)
+    edge = np.repeat(problems.cand_edge_start[cand], num_edges) + slot
+    edge_row = np.repeat(row, num_edges)
+    cols = np.zeros((len(cand), num_edges.max()), dtype=np.int64)
+    ious = np.full((len(cand), num_edges.max()), -1.0)
+    cols[edge_row, slot] = problems.edge_col[edge]
+    ious[edge_row, slot] = problems.edge_iou[edge]
 
     gt_count = problems.num_gts[members]
     column = np.minimum(np.arange(width)[None, :], gt_count[:, None] - 1)  # padding repeats the last column
     gt_index = problems.cand_gt[problems.gt_start[members][:, None] + column]  # (P, H)
     ignore = gt.gt_area_ignore[gt_index].transpose(0, 2, 1)  # (P, A, H)
-    best = _greedy(iou_rows, steps, ignore)[row]  # (n, A, T), candidate order
+    best = _greedy(cols, ious, steps, ignore)[row]  # (n, A, T), candidate order
 
     det = problems.cand_det[cand]
     matched = best >= 0
