@@ -15,12 +15,13 @@ import json
 import logging
 import math
 import os
+import re
 import warnings
 
 import numpy as np
 import torch
 from pycocotools.coco import COCO
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_image, read_file
 
 logger = logging.getLogger("detector.data")
@@ -29,8 +30,35 @@ _REQUIRED_KEYS = ("images", "annotations", "categories")
 _BAD_IMAGE_POLICIES = ("error", "skip")
 
 
+# Skip events are counted in a small shared-memory tensor with one slot per process (the process that
+# built the dataset: slot 0; DataLoader worker w: slot 1 + w % (slots - 1)). Each process only writes its
+# own slot, so no lock is needed, and every process can read the total at any time.
+_SKIP_COUNTER_SLOTS = 64
+# torchvision's decoders prefix their messages with "function, /path/to/file.cpp:123, ".
+_CPP_LOCATION = re.compile(r"^[\w:() ]*, \S+\.(?:cpp|h|c):\d+, ")
+
+
 class BadImageError(RuntimeError):
-    """An image file is missing, unreadable or disagrees with its annotation entry."""
+    """An image file is missing, unreadable or disagrees with its annotation entry.
+
+    An error raised in a DataLoader worker reaches the main process re-created by the DataLoader as
+    ``BadImageError("Caught BadImageError in DataLoader worker process N.\nOriginal Traceback ...")``.
+    Such an error keeps the original one-line message as its text (so a command-line tool can print it as
+    one clear line) and the worker's traceback in ``worker_traceback``.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        self.worker_traceback: str | None = None
+        if isinstance(message, str) and message.startswith(f"Caught {type(self).__name__} "):
+            lines = message.rstrip("\n").splitlines()
+            pattern = re.compile(rf"^(?:[\w.]+\.)?{type(self).__name__}: ")
+            for index in range(len(lines) - 1, -1, -1):
+                match = pattern.match(lines[index])
+                if match:
+                    self.worker_traceback = message
+                    message = "\n".join([lines[index][match.end():], *lines[index + 1:]])
+                    break
+        super().__init__(message)
 
 
 def check_detection_dict(dataset, ann_file: str, kind: str = "COCO") -> dict:
@@ -56,7 +84,41 @@ def load_detection_json(ann_file: str, kind: str = "COCO") -> dict:
             dataset = json.load(f)
     except json.JSONDecodeError as err:
         raise ValueError(f"{ann_file}: not valid JSON ({err})") from err
+    except UnicodeDecodeError as err:  # binary garbage, an image or a checkpoint given as annotation file
+        raise ValueError(f"{ann_file}: not valid JSON (not UTF-8 text: {err.reason} at byte {err.start})") from err
     return check_detection_dict(dataset, ann_file, kind)
+
+
+def lvis_evidence(dataset: dict) -> str | None:
+    """Why a loaded annotation dict looks like an LVIS file (v0.5 / v1), or None when it does not.
+
+    LVIS categories carry a "frequency" group, LVIS images list "neg_category_ids" /
+    "not_exhaustive_category_ids", and LVIS v1 images are named by "coco_url" alone (no "file_name").
+    COCO files have none of these (COCO images have a "coco_url" too, but always with a "file_name").
+    """
+    if any(isinstance(cat, dict) and "frequency" in cat for cat in dataset["categories"]):
+        return "its categories carry a 'frequency' group"
+    for img in dataset["images"]:
+        if isinstance(img, dict):
+            if "neg_category_ids" in img or "not_exhaustive_category_ids" in img:
+                return f"image id {img.get('id')} lists neg_category_ids / not_exhaustive_category_ids"
+            if "coco_url" in img and "file_name" not in img:
+                return f"image id {img.get('id')} has a 'coco_url' and no 'file_name' (LVIS v1)"
+    return None
+
+
+def format_hint(ann_file: str, fmt: str) -> str:
+    """The advice appended when a file is read with the wrong ``data.*.format``."""
+    return (f"set data.train.format / data.val.format (whichever names {os.path.basename(ann_file)}) "
+            f"to {fmt}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 class DetectionDataset(Dataset):
@@ -74,94 +136,125 @@ class DetectionDataset(Dataset):
 
     has_crowd = True
 
-    def __init__(self, ann_file: str, img_dir: str, transforms=None, filter_empty: bool = False,
+    def __init__(self, ann_file: str, img_dir: str | None, transforms=None, filter_empty: bool = False,
                  on_bad_image: str = "error") -> None:
         if on_bad_image not in _BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad_image must be one of {_BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
         if not os.path.isfile(ann_file):
             raise FileNotFoundError(f"annotation file not found: {ann_file}")
-        if not os.path.isdir(img_dir):
+        if img_dir is not None and not os.path.isdir(img_dir):
             raise FileNotFoundError(f"image directory not found: {img_dir}")
         self.ann_file = ann_file
-        self.img_dir = img_dir
+        self.img_dir = img_dir  # None: annotations only (validation, metadata, targets), no image loading
         self.transforms = transforms
         self.filter_empty = filter_empty
         self.on_bad_image = on_bad_image
-        self.num_skipped_images = 0
+        self._skip_counts = torch.zeros(_SKIP_COUNTER_SLOTS, dtype=torch.int64).share_memory_()  # (slots,)
 
     # ------------------------------------------------------------------ parsing
     def _index(self, dataset: dict) -> list[dict]:
         """Build the category mapping and the per-image arrays; return the categories sorted by id."""
         ann_file = self.ann_file
+        seen: set[int] = set()
         for cat in dataset["categories"]:
-            if not isinstance(cat, dict) or "id" not in cat:
-                raise ValueError(f"{ann_file}: category entry {cat!r} lacks an 'id'")
+            if not isinstance(cat, dict) or not _is_int(cat.get("id")):
+                raise ValueError(f"{ann_file}: category entry {_short(cat)} needs an integer 'id'")
+            if cat["id"] in seen:
+                raise ValueError(f"{ann_file}: category id {cat['id']} appears twice in 'categories'")
+            seen.add(cat["id"])
         categories = sorted(dataset["categories"], key=lambda cat: cat["id"])
-        self.cat_ids: list[int] = [int(cat["id"]) for cat in categories]  # label -> original category id
+        self.cat_ids: list[int] = [cat["id"] for cat in categories]  # label -> original category id
         self.class_names: list[str] = [str(cat.get("name", cat["id"])) for cat in categories]
         self.label_to_cat_id = self.cat_ids
         self.cat_id_to_label: dict[int, int] = {cat_id: label for label, cat_id in enumerate(self.cat_ids)}
         self.num_classes = len(self.cat_ids)
         self._parse_annotations(dataset)
+        dropped = ""
+        if self.dropped_ann_ids:
+            shown = ", ".join(str(i) for i in self.dropped_ann_ids[:10])
+            more = f", ... and {len(self.dropped_ann_ids) - 10} more" if len(self.dropped_ann_ids) > 10 else ""
+            dropped = f" (annotation ids {shown}{more})"
         logger.info(
-            "%s: %d images (%d filtered out), %d boxes, %d crowd regions, %d boxes clipped, %d dropped as empty",
+            "%s: %d images (%d filtered out), %d boxes, %d crowd regions, %d boxes clipped, %d dropped as empty%s",
             ann_file, self.stats["num_images"], self.stats["num_filtered_images"], self.stats["num_boxes"],
-            self.stats["num_crowd"], self.stats["num_clipped"], self.stats["num_dropped"],
+            self.stats["num_crowd"], self.stats["num_clipped"], self.stats["num_dropped"], dropped,
         )
         return categories
 
     def _relative_file(self, img: dict) -> str:
         """Path of an image entry's file relative to `img_dir` (COCO: its "file_name")."""
-        if "file_name" not in img:
-            raise ValueError(f"{self.ann_file}: image entry {img['id']} lacks 'file_name'")
-        return str(img["file_name"])
+        if not isinstance(img.get("file_name"), str):
+            raise ValueError(f"{self.ann_file}: image id {img['id']} needs a string 'file_name', got "
+                             f"{_short(img.get('file_name'))}")
+        return img["file_name"]
 
-    def _parse_annotations(self, dataset: dict) -> None:
-        """Validate annotations and store per-image boxes as flat arrays with offsets."""
+    def _check_images(self, images: list) -> None:
+        """Every image entry: an object with a unique integer id and positive integer height and width."""
         ann_file = self.ann_file
-        image_index = {}
-        for img in dataset["images"]:
-            if not isinstance(img, dict) or "id" not in img:
-                raise ValueError(f"{ann_file}: image entry {img!r} lacks an 'id'")
-        images = sorted(dataset["images"], key=lambda img: img["id"])
-        file_names = []
+        seen: set[int] = set()
         for img in images:
+            if not isinstance(img, dict) or not _is_int(img.get("id")):
+                raise ValueError(f"{ann_file}: image entry {_short(img)} needs an integer 'id'")
+            if img["id"] in seen:
+                raise ValueError(f"{ann_file}: image id {img['id']} appears twice in 'images'")
+            seen.add(img["id"])
             for key in ("height", "width"):
                 if key not in img:
-                    raise ValueError(f"{ann_file}: image entry {img['id']} lacks {key!r}")
-            file_names.append(self._relative_file(img))
-            image_index[int(img["id"])] = len(image_index)
+                    raise ValueError(f"{ann_file}: image id {img['id']} lacks {key!r}")
+                if not _is_int(img[key]) or img[key] < 1:
+                    raise ValueError(f"{ann_file}: image id {img['id']} has {key} {_short(img[key])}, expected a "
+                                     "positive integer")
+
+    def _check_annotation(self, ann, image_index: dict[int, int]) -> list[float]:
+        """Validate one annotation entry and return its [x, y, w, h] as floats."""
+        ann_file = self.ann_file
+        if not isinstance(ann, dict):
+            raise ValueError(f"{ann_file}: annotation entry {_short(ann)} is not an object")
+        ann_id, image_id = ann.get("id"), ann.get("image_id")
+        where = f"annotation id {_short(ann_id)} (image id {_short(image_id)})"
+        if not _is_int(ann_id):
+            raise ValueError(f"{ann_file}: {where} needs an integer 'id'")
+        if not _is_int(image_id) or image_id not in image_index:
+            raise ValueError(f"{ann_file}: {where} refers to an image id not in 'images'")
+        cat_id = ann.get("category_id")
+        if not _is_int(cat_id) or cat_id not in self.cat_id_to_label:
+            raise ValueError(f"{ann_file}: {where} has category_id {_short(cat_id)}, which is not in 'categories'")
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
+            raise ValueError(f"{ann_file}: {where} has a malformed bbox {_short(bbox)} (expected 4 numbers "
+                             "[x, y, w, h])")
+        if not all(math.isfinite(v) for v in bbox):
+            raise ValueError(f"{ann_file}: {where} has a non-finite bbox {bbox!r}")
+        return [float(v) for v in bbox]
+
+    def _parse_annotations(self, dataset: dict) -> None:
+        """Validate annotations and store per-image boxes as flat arrays with offsets.
+
+        Errors (naming the file, the annotation id and the image id): an annotation that is not an object,
+        lacks an integer id, refers to an unknown image or category, or whose bbox is not 4 finite numbers.
+        Boxes of zero or negative size after clipping to the image are dropped and counted
+        (`stats["num_dropped"]`; their annotation ids in `dropped_ann_ids`, the first ones logged).
+        """
+        self._check_images(dataset["images"])
+        images = sorted(dataset["images"], key=lambda img: img["id"])
+        file_names = [self._relative_file(img) for img in images]
+        image_index = {img["id"]: index for index, img in enumerate(images)}
         num_all = len(images)
         per_image_boxes: list[list[list[float]]] = [[] for _ in range(num_all)]
         per_image_labels: list[list[int]] = [[] for _ in range(num_all)]
         per_image_crowd: list[list[list[float]]] = [[] for _ in range(num_all)]
-        num_clipped = num_dropped = 0
+        num_clipped = 0
+        self.dropped_ann_ids: list[int] = []
 
         for ann in dataset["annotations"]:
-            if not isinstance(ann, dict):
-                raise ValueError(f"{ann_file}: annotation entry {ann!r} is not an object")
-            ann_id, image_id = ann.get("id"), ann.get("image_id")
-            where = f"annotation id {ann_id} (image id {image_id})"
-            if ann_id is None:
-                raise ValueError(f"{ann_file}: {where} lacks an 'id'")
-            if image_id not in image_index:
-                raise ValueError(f"{ann_file}: {where} refers to an image id not in 'images'")
-            cat_id = ann.get("category_id")
-            if cat_id not in self.cat_id_to_label:
-                raise ValueError(f"{ann_file}: {where} has category_id {cat_id}, which is not in 'categories'")
-            bbox = ann.get("bbox")
-            if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-                raise ValueError(f"{ann_file}: {where} has a malformed bbox {bbox!r} (expected [x, y, w, h])")
-            x, y, w, h = (float(v) for v in bbox)
-            if not all(math.isfinite(v) for v in (x, y, w, h)):
-                raise ValueError(f"{ann_file}: {where} has a non-finite bbox {bbox!r}")
-            index = image_index[image_id]
+            x, y, w, h = self._check_annotation(ann, image_index)
+            index = image_index[ann["image_id"]]
             img = images[index]
             img_w, img_h = float(img["width"]), float(img["height"])
             x1, y1 = max(x, 0.0), max(y, 0.0)  # xywh -> xyxy, clipped to the image
             x2, y2 = min(x + w, img_w), min(y + h, img_h)
             if x2 <= x1 or y2 <= y1:
-                num_dropped += 1
+                self.dropped_ann_ids.append(ann["id"])
                 continue
             if (x1, y1, x2, y2) != (x, y, x + w, y + h):
                 num_clipped += 1
@@ -169,7 +262,7 @@ class DetectionDataset(Dataset):
                 per_image_crowd[index].append([x1, y1, x2, y2])
             else:
                 per_image_boxes[index].append([x1, y1, x2, y2])
-                per_image_labels[index].append(self.cat_id_to_label[cat_id])
+                per_image_labels[index].append(self.cat_id_to_label[ann["category_id"]])
 
         keep = [i for i in range(num_all) if per_image_boxes[i] or not self.filter_empty]
         self.image_ids: list[int] = [int(images[i]["id"]) for i in keep]
@@ -179,6 +272,8 @@ class DetectionDataset(Dataset):
         self._gt_boxes, self._box_offsets = _flatten([per_image_boxes[i] for i in keep])
         self._gt_labels = np.array([l for i in keep for l in per_image_labels[i]], dtype=np.int64)  # (sum G,)
         self._ignore_boxes, self._ignore_offsets = _flatten([per_image_crowd[i] for i in keep])
+        # Which images failed to load with on_bad_image=skip, shared with the loader workers like the counts.
+        self._bad_image_flags = torch.zeros(len(keep), dtype=torch.uint8).share_memory_()  # (N,)
         num_boxes_per_image = np.diff(self._box_offsets)
         self.stats = {
             "num_images": len(keep),
@@ -187,7 +282,7 @@ class DetectionDataset(Dataset):
             "num_boxes": int(len(self._gt_labels)),
             "num_crowd": int(len(self._ignore_boxes)),
             "num_clipped": num_clipped,
-            "num_dropped": num_dropped,
+            "num_dropped": len(self.dropped_ann_ids),
         }
 
     # ------------------------------------------------------------------ metadata (no decoding)
@@ -220,12 +315,44 @@ class DetectionDataset(Dataset):
 
     def image_path(self, index: int) -> str:
         """Full path of image `index`: the first candidate that exists, else the first candidate."""
+        self._require_img_dir()
         candidates = self.candidate_paths(index)
         return next((path for path in candidates if os.path.isfile(path)), candidates[0])
 
+    # ------------------------------------------------------------------ bad-image accounting
+    @property
+    def num_skipped_images(self) -> int:
+        """Bad images skipped so far (on_bad_image=skip) by this process and all its DataLoader workers;
+        an image that fails in several epochs counts once per epoch."""
+        return int(self._skip_counts.sum())
+
+    @property
+    def bad_image_ids(self) -> list[int]:
+        """Ids of the distinct images skipped so far, by this process and all its DataLoader workers."""
+        return [self.image_ids[i] for i in torch.nonzero(self._bad_image_flags).flatten().tolist()]
+
+    def _record_skip(self, index: int, err: BadImageError) -> None:
+        worker = get_worker_info()
+        slot = 0 if worker is None else 1 + worker.id % (_SKIP_COUNTER_SLOTS - 1)
+        self._skip_counts[slot] += 1
+        first_time = not bool(self._bad_image_flags[index])
+        self._bad_image_flags[index] = 1
+        # Each distinct bad image is named once as a warning with the running counts; repeats (later
+        # epochs) are logged at debug level.
+        logger.log(logging.WARNING if first_time else logging.DEBUG,
+                   "on_bad_image=skip: %s; using the next image instead (%s: %d bad images, %d skips so far "
+                   "over all loader workers)", err, self.ann_file, int(self._bad_image_flags.sum()),
+                   self.num_skipped_images)
+
     # ------------------------------------------------------------------ loading
+    def _require_img_dir(self) -> None:
+        if self.img_dir is None:
+            raise RuntimeError(f"{type(self).__name__}({self.ann_file}) was built without an image folder "
+                               "(img_dir=None) and cannot load images")
+
     def load_image(self, index: int) -> torch.Tensor:
         """Decode image `index` as uint8 RGB (3, H, W); raise BadImageError naming the file and image id."""
+        self._require_img_dir()
         image_id = self.image_ids[index]
         candidates = self.candidate_paths(index)
         path = next((path for path in candidates if os.path.isfile(path)), None)
@@ -239,8 +366,9 @@ class DetectionDataset(Dataset):
                 # dependency-free choice here, so the per-call notice is silenced.
                 warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
                 image = decode_image(read_file(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8
-        except (RuntimeError, ValueError) as err:
-            raise BadImageError(f"cannot decode image {path} (image id {image_id}): {err}") from err
+        except (RuntimeError, ValueError, OSError) as err:
+            reason = _CPP_LOCATION.sub("", str(err))
+            raise BadImageError(f"cannot decode image {path} (image id {image_id}): {reason}") from err
         expected = (int(self._heights[index]), int(self._widths[index]))
         if tuple(image.shape[-2:]) != expected:
             raise BadImageError(
@@ -273,8 +401,7 @@ class DetectionDataset(Dataset):
             except BadImageError as err:
                 if self.on_bad_image == "error":
                     raise
-                self.num_skipped_images += 1
-                logger.warning("skipping bad image (%d skipped so far): %s", self.num_skipped_images, err)
+                self._record_skip(current, err)
         if image is None:
             raise BadImageError(f"{self.ann_file}: no readable image in {self.img_dir}")
         target = self.get_target(current)
@@ -288,11 +415,21 @@ class CocoDetection(DetectionDataset):
 
     Args:
         ann_file: path to the COCO-format JSON (keys "images", "annotations", "categories").
-        img_dir: folder holding the images named by each image's "file_name".
+        img_dir: folder holding the images named by each image's "file_name"; None builds an annotations-only
+            dataset (validation, metadata and targets; loading an image raises).
         transforms: optional callable `(image_uint8, target) -> (image, target)`, e.g. `build_transforms(...)`.
         filter_empty: drop images without any non-crowd box (used for training).
-        on_bad_image: "error" raises on a missing or corrupt image; "skip" replaces the sample with the next
-            valid index, warns and increments `num_skipped_images` (counted per process, so per worker).
+        on_bad_image: "error" raises BadImageError naming the file and image id of a missing, truncated or
+            undecodable image; "skip" replaces the sample with the next readable index and counts it:
+            `num_skipped_images` (skip events) and `bad_image_ids` (distinct images) are kept in shared
+            memory, so they sum over the DataLoader worker processes and can be read from the main process
+            at any time; each distinct bad image is logged once as a warning with the running counts.
+            Meant for training: in evaluation the substitute image would be predicted twice.
+
+    An annotation file that is not COCO format raises ValueError naming the file and the fault (not JSON,
+    not an object, missing or non-list "images" / "annotations" / "categories", an LVIS file (hint: set
+    data.*.format to lvis), duplicate ids, and per annotation, with its id and image id: an unknown image or
+    category, a bbox that is not 4 finite numbers). Boxes of zero or negative size are dropped and counted.
 
     `__getitem__(i)` returns `(image, target)`; target holds `boxes` (G, 4) float32 xyxy, `labels` (G,) int64
     contiguous 0-based, `ignore_boxes` (C, 4) float32 crowd regions, `image_id` (original id), `orig_size`
@@ -302,7 +439,7 @@ class CocoDetection(DetectionDataset):
     def __init__(
         self,
         ann_file: str,
-        img_dir: str,
+        img_dir: str | None,
         transforms=None,
         filter_empty: bool = False,
         on_bad_image: str = "error",
@@ -310,7 +447,12 @@ class CocoDetection(DetectionDataset):
         super().__init__(ann_file, img_dir, transforms=transforms, filter_empty=filter_empty,
                          on_bad_image=on_bad_image)
         self._coco: COCO | None = None
-        self._index(load_detection_json(ann_file))
+        dataset = load_detection_json(ann_file)
+        evidence = lvis_evidence(dataset)
+        if evidence is not None:
+            raise ValueError(f"{ann_file}: this is an LVIS file ({evidence}), read here as COCO format; "
+                             f"{format_hint(ann_file, 'lvis')}")
+        self._index(dataset)
 
     @property
     def coco(self) -> COCO:
@@ -323,6 +465,12 @@ class CocoDetection(DetectionDataset):
                 coco.createIndex()
             self._coco = coco
         return self._coco
+
+
+def _short(value, limit: int = 120) -> str:
+    """repr() of a value from an annotation file, cut to `limit` characters for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
 
 
 def _flatten(per_image: list[list[list[float]]]) -> tuple[np.ndarray, np.ndarray]:

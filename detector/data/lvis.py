@@ -13,7 +13,6 @@ with all the files works too).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import posixpath
@@ -22,7 +21,8 @@ from urllib.parse import urlparse
 import numpy as np
 from lvis import LVIS
 
-from detector.data.coco import DetectionDataset, check_detection_dict, load_detection_json
+from detector.data.coco import (DetectionDataset, check_detection_dict, format_hint, load_detection_json,
+                                 lvis_evidence)
 
 logger = logging.getLogger("detector.data")
 
@@ -33,10 +33,13 @@ class LVISDetection(DetectionDataset):
     """Detection dataset over an LVIS v1 annotation file and the COCO image folder.
 
     Args:
-        ann_file: LVIS JSON (e.g. lvis_v1_train.json), read with `lvis.LVIS`.
+        ann_file: LVIS JSON (e.g. lvis_v1_train.json). Malformed files raise ValueError naming the file and
+            the entry, as for `CocoDetection`; a COCO-format file (no category has a "frequency") gets a hint
+            to set data.*.format to coco.
         img_dir: folder under which images are found. An image entry with "file_name" is read from
             `img_dir/<file_name>`; otherwise from `img_dir/<folder>/<file>` and then `img_dir/<file>`, where
             `<folder>/<file>` are the last two parts of its "coco_url" (e.g. val2017/000000397133.jpg).
+            None: annotations only, as for `CocoDetection`.
         transforms, filter_empty, on_bad_image: as for `CocoDetection`.
 
     Items, `cat_ids`, `label_to_cat_id`, `cat_id_to_label`, `class_names`, `num_classes` (1203 for LVIS v1),
@@ -55,7 +58,7 @@ class LVISDetection(DetectionDataset):
     def __init__(
         self,
         ann_file: str,
-        img_dir: str,
+        img_dir: str | None,
         transforms=None,
         filter_empty: bool = False,
         on_bad_image: str = "error",
@@ -63,15 +66,22 @@ class LVISDetection(DetectionDataset):
         super().__init__(ann_file, img_dir, transforms=transforms, filter_empty=filter_empty,
                          on_bad_image=on_bad_image)
         self._lvis: LVIS | None = None
-        dataset = _read_lvis(ann_file).dataset
+        # Our own reader rather than lvis.LVIS: its index is not needed here, and it fails on malformed
+        # files with bare KeyErrors / assertions, where _index names the file and the entry.
+        dataset = load_detection_json(ann_file, kind="LVIS")
         categories = self._index(dataset)
 
+        coco_like = lvis_evidence(dataset) is None  # no frequency, no neg ids, every image with a file_name
         self.category_frequency: list[str] = []
         for cat in categories:
             frequency = cat.get("frequency")
             if frequency not in FREQUENCY_GROUPS:
+                hint = ""
+                if coco_like:
+                    hint = (f"; no category has a 'frequency', so this looks like a COCO-format file: "
+                            f"{format_hint(ann_file, 'coco')}")
                 raise ValueError(f"{ann_file}: category id {cat['id']} has frequency {frequency!r}; "
-                                 f"LVIS needs one of {FREQUENCY_GROUPS}")
+                                 f"LVIS needs one of {FREQUENCY_GROUPS}{hint}")
             self.category_frequency.append(frequency)
 
         images = {int(img["id"]): img for img in dataset["images"]}
@@ -141,7 +151,7 @@ def _read_lvis(ann_file: str) -> LVIS:
     """`lvis.LVIS(ann_file)`, with malformed files reported as a ValueError naming the file and the fault."""
     try:
         api = LVIS(ann_file)
-    except (json.JSONDecodeError, AssertionError, KeyError, TypeError, AttributeError) as err:
+    except (ValueError, AssertionError, KeyError, TypeError, AttributeError) as err:  # ValueError: JSON, UTF-8
         # lvis asserts or fails on a missing key without naming the file: re-read for a precise message.
         load_detection_json(ann_file, kind="LVIS")
         raise ValueError(f"{ann_file}: not an LVIS-format file ({type(err).__name__}: {err})") from err
