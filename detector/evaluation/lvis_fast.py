@@ -381,13 +381,16 @@ def _greedy(cols: np.ndarray, ious: np.ndarray, steps: np.ndarray, ignore: np.nd
         (sum C, A, T) int64 column of the matched ground truth, -1 when unmatched.
     """
     num_problems, _, width = ignore.shape
-    num_edges = cols.shape[1]
     matched = np.zeros((num_problems, _NUM_A, _NUM_T, width), dtype=bool)
     out = np.empty((len(cols), _NUM_A, _NUM_T), dtype=np.int64)
+    # Edges are left-aligned: a step needs only as many columns as its rows' most edges.
+    step_start = np.r_[0, np.cumsum(steps)[:-1]]
+    step_edges = np.maximum.reduceat((ious > -1).sum(axis=1), step_start) if len(steps) else steps
     offset = 0
-    for n in steps.tolist():
-        col = cols[offset : offset + n, None, None, :]  # (n, 1, 1, K)
-        iou = ious[offset : offset + n, None, None, :]
+    for n, num_edges in zip(steps.tolist(), step_edges.tolist()):
+        num_edges = max(num_edges, 1)
+        col = cols[offset : offset + n, None, None, :num_edges]  # (n, 1, 1, K)
+        iou = ious[offset : offset + n, None, None, :num_edges]
         taken = np.take_along_axis(matched[:n], col, axis=-1)  # (n, A, T, K)
         ign = np.take_along_axis(ignore[:n], col[:, :, 0], axis=-1)[:, :, None, :]  # (n, A, 1, K)
         free = (iou >= _MATCH_THRESHOLDS[None, None, :, None]) & ~taken
