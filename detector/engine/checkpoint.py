@@ -42,6 +42,8 @@ __all__ = [
     "load_checkpoint",
     "CheckpointManager",
     "load_model_state",
+    "load_model_checkpoint",
+    "model_state_from_checkpoint",
     "unwrap_model",
     "capture_rng_state",
     "restore_rng_state",
@@ -54,6 +56,9 @@ _TMP_SUFFIX = ".tmp"
 _STALE_TMP_PATTERN = re.compile(r"^\.(last\.pt|iter_\d+\.pt)\..+\.tmp$")
 _PLAIN_TYPES = (str, bytes, int, float, complex, bool, type(None))
 _MAX_LISTED_KEYS = 50
+# torch.save writes a zip archive (since PyTorch 1.6); older checkpoints are a raw pickle (protocol >= 2).
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTOCOL_MARK = b"\x80"
 
 
 def _read_umask() -> int:
@@ -174,13 +179,30 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
+    with open(path, "rb") as file:
+        head = file.read(16)
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_PROTOCOL_MARK)):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (torch.save writes a zip archive; this file "
+                              f"{'is empty' if not head else f'starts with {head!r}'})")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # truncated zip, foreign pickle, ... : name the file, keep the cause
-        raise CheckpointError(f"could not load checkpoint {path}: {type(error).__name__}: {error}") from error
+        raise CheckpointError(f"could not load checkpoint {path}: {_load_error_summary(error)}") from error
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(state).__name__}, expected a dict")
     return state
+
+
+def _load_error_summary(error: Exception) -> str:
+    """One line for a ``torch.load`` failure: its type and first line, or for a weights_only refusal (several
+    paragraphs of advice) the unpickler's own complaint."""
+    text = str(error)
+    if "Weights only load failed" in text and "WeightsUnpickler error:" in text:
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n")[0].split(". ")[0].strip()
+        return (f"it holds objects that weights_only loading refuses ({detail}); focaldet checkpoints hold "
+                "only tensors and plain Python types")
+    first_line = text.strip().split("\n")[0]
+    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
 
 
 class CheckpointManager:
@@ -362,3 +384,47 @@ def load_model_state(model: nn.Module, state_dict: dict[str, Any], strict: bool 
     loadable = {key: value for key, value in state_dict.items() if key in model_state and key not in skipped}
     target.load_state_dict(loadable, strict=False)
     return result
+
+
+def model_state_from_checkpoint(state: dict, path: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:
+    """The model's state dict inside a loaded checkpoint: ``state["model"]`` (what the trainer saves), or
+    ``state`` itself when it is a bare state dict (every value a tensor, e.g. exported weights).
+
+    Raises:
+        CheckpointError: naming the file, when there is no ``"model"`` entry and ``state`` is not a state
+            dict, or when the state dict is not a mapping of names to tensors.
+    """
+    path = os.fspath(path)
+    if "model" in state:
+        state_dict = state["model"]
+        where = f"checkpoint {path}: entry 'model'"
+    elif state and all(isinstance(value, torch.Tensor) for value in state.values()):
+        return state
+    else:
+        keys = ", ".join(repr(key) for key in list(state)[:10]) or "none"
+        raise CheckpointError(f"checkpoint {path} has no 'model' entry and is not a state dict of tensors "
+                              f"(top-level keys: {keys})")
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{where} holds a {type(state_dict).__name__}, expected a state dict")
+    bad = [key for key, value in state_dict.items() if not isinstance(value, torch.Tensor)]
+    if bad:
+        raise CheckpointError(f"{where} is not a state dict of tensors: {', '.join(map(repr, bad[:10]))} "
+                              f"{'is not a tensor' if len(bad) == 1 else 'are not tensors'}")
+    return state_dict
+
+
+def load_model_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> LoadResult:
+    """Load the model weights of checkpoint ``path`` into ``model`` (see :func:`load_model_state`).
+
+    Every error names the file: :class:`CheckpointError` for a missing, unreadable or foreign file (not a
+    checkpoint, garbage bytes, JSON, a checkpoint without model weights) and :class:`StateDictMismatchError`
+    (with its key lists) for weights that do not fit the model, e.g. from a config with another
+    ``model.num_classes`` or backbone depth.
+    """
+    path = os.fspath(path)
+    state_dict = model_state_from_checkpoint(load_checkpoint(path, map_location="cpu"), path)
+    try:
+        return load_model_state(model, state_dict, strict=strict)
+    except StateDictMismatchError as err:
+        raise StateDictMismatchError(f"checkpoint {path}: {err}", err.missing_keys, err.unexpected_keys,
+                                     err.shape_mismatches) from None
