@@ -13,15 +13,18 @@ own (possibly non-contiguous) category id.  The model works with contiguous 0-ba
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.ops import box_convert
 
 __all__ = [
     "ResultsFormatError",
+    "check_result_columns",
     "detections_to_coco_results",
     "save_results",
     "load_results",
@@ -139,36 +142,73 @@ def _format_ids(ids: Iterable[int]) -> str:
     return f"[{shown}]"
 
 
+def _entry_text(entry: object, limit: int = 120) -> str:
+    """An entry's JSON text, cut to ``limit`` characters, for messages."""
+    try:
+        text = json.dumps(entry)
+    except (TypeError, ValueError):
+        text = repr(entry)
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
+
+
 def _check_entry(path: Path, index: int, entry: object) -> None:
-    """Raise ResultsFormatError if one result entry is not a well-formed detection."""
+    """Raise ResultsFormatError if one result entry is not a well-formed detection; the message names the
+    file, the entry's index in the list and shows the entry."""
+
+    def error(problem: str) -> ResultsFormatError:
+        return ResultsFormatError(f"results file {path}: entry {index} {problem} (the entry: {_entry_text(entry)})")
+
     if not isinstance(entry, dict):
-        raise ResultsFormatError(
-            f"results file {path}: entry {index} is a {type(entry).__name__}, expected an object"
-        )
+        raise error(f"is a {type(entry).__name__}, expected an object")
     missing = [key for key in _REQUIRED_KEYS if key not in entry]
     if missing:
-        raise ResultsFormatError(
-            f"results file {path}: entry {index} is missing {', '.join(missing)} "
-            f"(each entry needs {', '.join(_REQUIRED_KEYS)})"
-        )
+        raise error(f"is missing {', '.join(missing)} (each entry needs {', '.join(_REQUIRED_KEYS)})")
     for key in ("image_id", "category_id"):
         value = entry[key]
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ResultsFormatError(
-                f"results file {path}: entry {index} has {key} {value!r}, expected an integer"
-            )
+            raise error(f"has {key} {value!r}, expected an integer")
     bbox = entry["bbox"]
     if (
         not isinstance(bbox, list)
         or len(bbox) != 4
         or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox)
     ):
-        raise ResultsFormatError(
-            f"results file {path}: entry {index} has bbox {bbox!r}, expected a list of 4 numbers [x, y, w, h]"
-        )
+        raise error(f"has bbox {bbox!r}, expected a list of 4 numbers [x, y, w, h]")
+    if not all(math.isfinite(v) for v in bbox) or bbox[2] < 0 or bbox[3] < 0:
+        raise error(f"has bbox {bbox!r}: coordinates must be finite, width and height >= 0")
     score = entry["score"]
-    if not isinstance(score, (int, float)) or isinstance(score, bool):
-        raise ResultsFormatError(f"results file {path}: entry {index} has a non-numeric score {score!r}")
+    if not isinstance(score, (int, float)) or isinstance(score, bool) or not math.isfinite(score):
+        raise error(f"has score {score!r}, expected a finite number")
+
+
+def check_result_columns(path: str | os.PathLike, columns: dict) -> None:
+    """Apply ``_check_entry``'s value rules to columnar results (``bbox`` (N, 4), ``score`` (N,) arrays, as
+    ``load_results_columnar`` returns them): every coordinate and score finite, widths and heights >= 0.
+
+    Raises:
+        ResultsFormatError: naming the file and the first offending entry by its index.
+    """
+    bbox = np.asarray(columns["bbox"], dtype=np.float64).reshape(-1, 4)  # (N, 4)
+    score = np.asarray(columns["score"], dtype=np.float64).reshape(-1)  # (N,)
+    bad = ~np.isfinite(bbox).all(axis=1) | (bbox[:, 2] < 0) | (bbox[:, 3] < 0) | ~np.isfinite(score)
+    if bad.any():
+        index = int(np.flatnonzero(bad)[0])
+        raise ResultsFormatError(
+            f"results file {Path(path)}: entry {index} has bbox {bbox[index].tolist()} and score "
+            f"{float(score[index])}: coordinates and scores must be finite, width and height >= 0 "
+            f"({int(bad.sum())} such entries)"
+        )
+
+
+def _check_known(path: Path, results: list[dict], key: str, allowed: set[int], what: str) -> None:
+    """Raise ResultsFormatError listing the values of ``key`` not in ``allowed`` and the first entry with one."""
+    unknown = {entry[key] for entry in results} - allowed
+    if unknown:
+        index = next(i for i, entry in enumerate(results) if entry[key] in unknown)
+        raise ResultsFormatError(
+            f"results file {path}: {key} {_format_ids(unknown)} not in {what} (first at entry {index}: "
+            f"{_entry_text(results[index])})"
+        )
 
 
 def load_results(
@@ -186,8 +226,9 @@ def load_results(
     Raises:
         FileNotFoundError: the file does not exist.
         ResultsFormatError (a ValueError): invalid JSON, top level not a list, an entry that is not
-            an object or misses image_id/category_id/bbox/score, a malformed bbox or score, or ids
-            absent from the ground truth. Every message names the file and the offending ids.
+            an object or misses image_id/category_id/bbox/score, a malformed bbox (not 4 finite numbers,
+            negative width or height) or score (not a finite number), or ids absent from the ground truth.
+            Every message names the file, the offending entry (index and text) and the offending ids.
     """
     path = Path(path)
     if not path.is_file():
@@ -197,6 +238,10 @@ def load_results(
             results = json.load(f)
     except json.JSONDecodeError as error:
         raise ResultsFormatError(f"results file {path} is not valid JSON: {error}") from error
+    except UnicodeDecodeError as error:
+        raise ResultsFormatError(
+            f"results file {path} is not valid JSON (not UTF-8 text: {error.reason} at byte {error.start})"
+        ) from error
     if not isinstance(results, list):
         raise ResultsFormatError(
             f"results file {path}: top level is a JSON {type(results).__name__}, "
@@ -206,16 +251,8 @@ def load_results(
         _check_entry(path, index, entry)
 
     if image_ids is not None:
-        unknown = {entry["image_id"] for entry in results} - set(image_ids)
-        if unknown:
-            raise ResultsFormatError(
-                f"results file {path}: image_id {_format_ids(unknown)} not in the ground truth"
-            )
+        _check_known(path, results, "image_id", set(image_ids), "the ground truth")
     if cat_ids is not None:
-        unknown = {entry["category_id"] for entry in results} - set(cat_ids)
-        if unknown:
-            raise ResultsFormatError(
-                f"results file {path}: category_id {_format_ids(unknown)} not in the categories"
-            )
+        _check_known(path, results, "category_id", set(cat_ids), "the categories")
     return results
 
