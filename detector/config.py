@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -50,8 +51,9 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
-def _merge(base: dict, update: dict, origins: dict, source: str, prefix: str = "") -> dict:
-    """Deep-merge ``update`` into a copy of ``base``; record for every leaf which source set it."""
+def _merge(base: dict, update: dict, origins: dict | None, source: str, prefix: str = "") -> dict:
+    """Deep-merge ``update`` into a copy of ``base``; record for every leaf which source set it (unless
+    ``origins`` is None: a base file's tree, whose leaves were recorded, file by file, while it loaded)."""
     merged = dict(base)
     for key, value in update.items():
         dotted = f"{prefix}{key}"
@@ -59,7 +61,8 @@ def _merge(base: dict, update: dict, origins: dict, source: str, prefix: str = "
             merged[key] = _merge(merged[key], value, origins, source, dotted + ".")
         else:
             merged[key] = copy.deepcopy(value)
-            _record_origins(value, dotted, origins, source)
+            if origins is not None:
+                _record_origins(value, dotted, origins, source)
     return merged
 
 
@@ -85,7 +88,9 @@ def _load_tree(path: Path, origins: dict, chain: tuple = ()) -> dict:
         base_path = (path.parent / base)
         if not base_path.is_file():
             raise ConfigError(f"{path}: _base_ file not found: {base_path}")
-        merged = _merge(merged, _load_tree(base_path, origins, chain + (path,)), origins, str(base_path))
+        # The base's leaves are recorded by its own _load_tree (with the file of a nested base that set them);
+        # bases load in merge order, so a later base's record wins as its value does.
+        merged = _merge(merged, _load_tree(base_path, origins, chain + (path,)), None, str(base_path))
     return _merge(merged, data, origins, str(path))
 
 
@@ -151,6 +156,14 @@ class _Validator:
         sources = {src for key, src in self.origins.items() if key.startswith(prefix) or key == dotted}
         return ", ".join(sorted(sources)) or "the defaults"
 
+    def describe_keys(self, keys: list[str]) -> str:
+        """"config key 'a.b' (set in FILE)" or "config keys 'a.b' (set in FILE), 'a.c' (set in ...)"."""
+        parts = []
+        for key in keys:
+            is_section = key not in self.origins and any(k.startswith(f"{key}.") for k in self.origins)
+            parts.append(f"'{key}' (set in {self.sources_under(key) if is_section else self.where(key)})")
+        return f"config key{'s' if len(keys) > 1 else ''} {', '.join(parts)}"
+
     def build(self, cls: type, data: Any, dotted: str) -> Any:
         if not isinstance(data, dict):
             raise ConfigError(f"{dotted or 'config'} (set in {self.where(dotted)}) must be a mapping, "
@@ -169,7 +182,12 @@ class _Validator:
         try:
             return cls(**kwargs)
         except (ValueError, TypeError) as err:
-            raise ConfigError(f"{dotted or 'config'} (set in {self.sources_under(dotted)}): {err}") from err
+            # Name the keys the check complains about, with the file (or override) that set each of them.
+            named = _keys_named_in(str(err), dotted, names)
+            if not named:
+                raise ConfigError(f"{dotted or 'config'} (set in {self.sources_under(dotted)}): {err}") from err
+            keys = [f"{dotted}.{name}" if dotted else name for name in named]
+            raise ConfigError(f"{self.describe_keys(keys)}: {err}") from err
 
     def convert(self, tp: Any, value: Any, dotted: str) -> Any:
         origin = typing.get_origin(tp)
@@ -214,18 +232,66 @@ class _Validator:
         raise TypeError(f"unsupported config type {tp!r} at {dotted}")
 
     def type_error(self, tp: Any, value: Any, dotted: str) -> ConfigError:
+        hint = ""
+        if isinstance(value, bool) and _accepts_strings(tp):
+            hint = (" (YAML reads unquoted on / off / yes / no as booleans: quote the value, e.g. "
+                    f"{dotted}='off' in --opts or \"off\" in a file)")
         return ConfigError(f"config key '{dotted}' (set in {self.where(dotted)}) must be {_type_name(tp)}, "
-                           f"got {value!r}")
+                           f"got {value!r}{hint}")
+
+
+def _accepts_strings(tp: Any) -> bool:
+    """Whether a config type admits some string (str, a Literal of strings, or a union holding one)."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return any(isinstance(arg, str) for arg in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return any(_accepts_strings(arg) for arg in typing.get_args(tp))
+    return tp is str
+
+
+def _keys_named_in(message: str, section: str, names: list[str]) -> list[str]:
+    """The fields of ``section`` (dotted, "" for the root) that a validation message names: as a bare word
+    ("iters"), after the section's own name ("head.prior_prob"), or in a longer path through it
+    ("model.loss_box.type" names loss_box of model, not model's type)."""
+    last = section.rsplit(".", 1)[-1] if section else ""
+    named = []
+    for token in re.findall(r"[A-Za-z_][\w.]*\w|[A-Za-z_]", message):
+        parts = token.split(".")
+        for name in names:
+            bare = len(parts) == 1 and parts[0] == name
+            dotted = last and any(parts[i] == last and parts[i + 1] == name for i in range(len(parts) - 1))
+            if (bare or dotted) and name not in named:
+                named.append(name)
+    return named
 
 
 def config_from_dict(data: dict, origins: dict | None = None) -> Config:
     """Validate a plain mapping (as read from YAML) into a :class:`Config`."""
-    cfg = _Validator(origins or {}).build(Config, data, "")
+    validator = _Validator(origins or {})
+    cfg = validator.build(Config, data, "")
     try:
         cfg.check()
     except ValueError as err:
-        raise ConfigError(str(err)) from err
+        # Rules across sections name their keys in full ("data.synthetic.num_classes"): say who set them.
+        keys = list(dict.fromkeys(key for key in re.findall(r"\b[a-z_]+(?:\.[a-z_0-9]+)+\b", str(err))
+                                  if _is_config_key(key)))
+        where = f" [{validator.describe_keys(keys)}]" if keys else ""
+        raise ConfigError(f"{err}{where}") from err
     return cfg
+
+
+def _is_config_key(dotted: str) -> bool:
+    """Whether ``dotted`` (e.g. "model.num_classes") names a key of the schema."""
+    cls: Any = Config
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(cls):
+            return False
+        hints = typing.get_type_hints(cls)
+        if part not in hints:
+            return False
+        cls = hints[part]
+    return True
 
 
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:
