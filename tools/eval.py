@@ -6,24 +6,31 @@
 
 --metrics-out writes flat JSON with AP, AP50, AP75, APs, APm, APl as fractions (pycocotools' numbers), plus
 APr, APc, APf for LVIS (data.val.format: lvis).
+
+Exit status: 0 on success; 1 on bad input (annotation, image, checkpoint or results file), reported as one
+`error: ...` message naming the file and the entry; 2 on a bad config, override or command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 import torch
 
 from detector.config import ConfigError, load_config
 from detector.data.build import prepare_synthetic_data
-from detector.engine.checkpoint import load_checkpoint, load_model_state
+from detector.data.coco import BadImageError, CocoDetection
+from detector.data.lvis import LVISDetection
+from detector.engine.checkpoint import CheckpointError, StateDictMismatchError, load_model_checkpoint
 from detector.engine.distributed import barrier, get_rank, init_distributed, is_main_process
 from detector.engine.evaluate import build_evaluator, evaluate_model
 from detector.engine.logging_setup import setup_logging
 from detector.engine.trainer import resolve_device
 from detector.evaluation import (format_metrics_table, format_per_class_table, load_results, load_results_columnar,
                                  write_metrics_json)
+from detector.evaluation.results import check_result_columns
 from detector.models import build_model
 
 
@@ -48,19 +55,34 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def score_results_file(cfg, path: str, per_class: bool) -> dict:
+    # Read the ground truth with the datasets' validating readers first (no images needed): a malformed or
+    # wrong-format data.val.ann_file then fails with the file and entry named, not deep inside pycocotools.
+    reader = LVISDetection if cfg.data.val.format == "lvis" else CocoDetection
+    reader(cfg.data.val.ann_file, img_dir=None)
     evaluator = build_evaluator(cfg, cfg.data.val.ann_file)
-    load = load_results_columnar if cfg.data.val.format == "lvis" else load_results  # LVIS files are large
-    results = load(path, image_ids=evaluator.image_ids, cat_ids=evaluator.cat_ids)
+    if cfg.data.val.format == "lvis":  # LVIS result files are large: read them as columns
+        results = load_results_columnar(path, image_ids=evaluator.image_ids, cat_ids=evaluator.cat_ids)
+        check_result_columns(path, results)
+    else:
+        results = load_results(path, image_ids=evaluator.image_ids, cat_ids=evaluator.cat_ids)
     return evaluator.evaluate(results, per_class=per_class)
 
 
-def evaluate_checkpoint(cfg, checkpoint: str, out: str | None, per_class: bool, progress: bool,
+def evaluate_checkpoint(cfg, config: str, checkpoint: str, out: str | None, per_class: bool, progress: bool,
                         shard_dir: str) -> dict:
     _, _, local_rank = init_distributed()
     device = resolve_device(cfg.runtime.device, local_rank)
     model = build_model(cfg)
-    state = load_checkpoint(checkpoint, map_location="cpu")
-    load_model_state(model, state.get("model", state) if isinstance(state, dict) else state)
+    try:
+        load_model_checkpoint(model, checkpoint)
+    except StateDictMismatchError as err:
+        raise CheckpointError(f"{err}\n  (was {checkpoint} trained with another config than {config}? Keys and "
+                              "shapes follow model.num_classes, model.backbone.depth, model.neck.* and "
+                              "model.head.*)") from None
+    if cfg.data.on_bad_image == "skip":
+        logging.getLogger("detector").warning(
+            "data.on_bad_image=skip: an unreadable val image is replaced by the next one, which is then scored "
+            "twice; the metrics are biased unless no image is skipped (see the data warnings)")
     model.to(device)
     if cfg.runtime.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -84,9 +106,11 @@ def main(argv=None) -> int:
         if args.results:
             metrics = score_results_file(cfg, args.results, args.per_class)
         else:
-            metrics = evaluate_checkpoint(cfg, args.checkpoint, args.out, args.per_class, not args.no_progress,
-                                          args.shard_dir)
-    except (FileNotFoundError, ValueError) as err:
+            metrics = evaluate_checkpoint(cfg, args.config, args.checkpoint, args.out, args.per_class,
+                                          not args.no_progress, args.shard_dir)
+    except (FileNotFoundError, ValueError, CheckpointError, BadImageError) as err:
+        # Known bad input (annotation, image, checkpoint or results file): the message names the file and
+        # the entry; a traceback would only bury it.
         print(f"error: {err}", file=sys.stderr)
         return 1
     if not is_main_process():
