@@ -2,7 +2,10 @@
 
 ``data.batch_size`` is the batch of one optimiser step over all processes; each process loads
 ``batch_size / world_size`` images. Training batches come from a GroupedBatchSampler (aspect-ratio grouped,
-sharded per rank, reshuffled every epoch); evaluation shards the val set without duplicates.
+sharded per rank, reshuffled every epoch) that pairs every index with a per-sample seed, and the train set is
+wrapped in a SeededDataset, so each sample's augmentation depends only on (runtime.seed, epoch, position in
+the epoch): not on the number of workers, the resume point or the number of processes. Evaluation shards the
+val set without duplicates.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from detector.data.collate import DetectionCollator
 from detector.data.lvis import LVISDetection
 from detector.data.repeat_factor import repeat_factors
 from detector.data.samplers import GroupedBatchSampler, InferenceSampler
+from detector.data.seeded import SeededDataset
 from detector.data.synthetic import ensure_synthetic_coco
 from detector.data.synthetic_lvis import ensure_synthetic_lvis
 from detector.data.transforms import build_transforms
-from detector.engine.seeding import make_worker_init_fn
+from detector.engine.seeding import make_generator, make_worker_init_fn
 
 
 def prepare_synthetic_data(cfg: Config) -> None:
@@ -68,6 +72,10 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
     With ``data.train.repeat_threshold`` t, images are repeated by LVIS's repeat factors
     r_i = max over the image's categories of max(1, sqrt(t / f_c)) (stochastic rounding every epoch); an
     epoch then holds round(sum_i r_i) images instead of N.
+
+    The loader's dataset is a :class:`SeededDataset` over the train set (``loader.dataset.dataset``) and the
+    sampler yields ``(index, sample_seed)`` pairs. The loader has its own generator, so creating its
+    iterators (every epoch, and on resume) does not draw from the process's global torch RNG.
     """
     data = cfg.data
     if data.batch_size % world_size:
@@ -79,14 +87,15 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
     sampler = GroupedBatchSampler(dataset.aspect_ratios(), batch_size=data.batch_size // world_size,
                                   seed=cfg.runtime.seed, shuffle=True,
                                   group_by_aspect_ratio=data.aspect_ratio_grouping, rank=rank,
-                                  world_size=world_size, drop_last=True, repeat_factors=factors)
+                                  world_size=world_size, drop_last=True, repeat_factors=factors,
+                                  sample_seeds=True)
     if len(sampler) == 0:
         raise ValueError(f"{dataset.ann_file}: {len(dataset)} images give no full batch of "
                          f"{data.batch_size // world_size} per process; lower data.batch_size")
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers,
+    loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, num_workers=data.num_workers,
                         collate_fn=DetectionCollator(data.size_divisor), pin_memory=torch.cuda.is_available(),
-                        persistent_workers=data.num_workers > 0,
-                        worker_init_fn=make_worker_init_fn())
+                        persistent_workers=data.num_workers > 0, worker_init_fn=make_worker_init_fn(),
+                        generator=make_generator(cfg.runtime.seed + rank))
     return loader, sampler
 
 

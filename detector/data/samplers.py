@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from detector.data.seeded import sample_seed
+
 
 class GroupedBatchSampler(Sampler[list[int]]):
     """Yield batches of dataset indices for one rank, grouping images of the same orientation.
@@ -25,8 +27,10 @@ class GroupedBatchSampler(Sampler[list[int]]):
     `shard_size // batch_size` batches (`ceil` without `drop_last`) in every epoch, whatever the permutation:
     `len()` is exact and all ranks stay in step, which DDP's collective calls require.
 
-    `set_epoch(epoch, start_batch)` selects the permutation; the next `__iter__` then skips the first
-    `start_batch` batches of that epoch (to resume mid-epoch exactly) and resets `start_batch` to 0.
+    `set_epoch(epoch, start_batch)` selects the permutation; the next iteration then skips the first
+    `start_batch` batches of that epoch (to resume mid-epoch exactly) and resets `start_batch` to 0 (when its
+    first batch is drawn: an iterator created and dropped unused, as DataLoader's worker iterator does,
+    leaves `start_batch` in place).
 
     Repeat-factor sampling (epoch-based): with `repeat_factors` r_i (>= 1, e.g. from
     `detector.data.repeat_factors`), each epoch draws, from the same `seed + epoch` generator on every rank,
@@ -40,6 +44,13 @@ class GroupedBatchSampler(Sampler[list[int]]):
     favoured; within one epoch an image may miss its last copy (or even its only one) to the truncation.
     (`shuffle=False` keeps the copies in index order, so the truncation then falls on the last images.)
     `epoch_size` holds the epoch's length before padding: N, or round(sum r_i) with RFS.
+
+    Seeded samples: with `sample_seeds=True` every batch holds `(index, seed)` pairs instead of indices, where
+    `seed = detector.data.seeded.sample_seed(seed, epoch, position)` and `position` is the sample's place in
+    the epoch's (padded, unsharded) list, `shard_position * world_size + rank`. Wrap the dataset in
+    `detector.data.seeded.SeededDataset` to make each sample's augmentation a function of
+    (seed, epoch, position) only, so that it does not depend on the number of DataLoader workers, on where a
+    run was resumed, or on the number of processes.
     """
 
     def __init__(
@@ -53,6 +64,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
         world_size: int = 1,
         drop_last: bool = True,
         repeat_factors: Sequence[float] | None = None,
+        sample_seeds: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -71,6 +83,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
         self.rank = rank
         self.world_size = world_size
         self.drop_last = drop_last
+        self.sample_seeds = sample_seeds
         self.epoch = 0
         self.start_batch = 0
         self.epoch_size = self.num_images  # images per epoch before padding to a multiple of world_size
@@ -116,22 +129,22 @@ class GroupedBatchSampler(Sampler[list[int]]):
     def _shard_indices(self) -> list[int]:
         return self._epoch_indices()[self.rank :: self.world_size]
 
-    def _batches(self) -> list[list[int]]:
-        shard = self._shard_indices()
+    def _batch_positions(self, shard_indices: list[int]) -> list[list[int]]:
+        """The epoch's batches on this rank, as positions in `shard_indices` (this rank's shard)."""
         if not self.group_by_aspect_ratio:
-            leftovers = shard
+            leftovers = list(range(len(shard_indices)))
             batches: list[list[int]] = []
         else:
             # Buckets hold positions in the shard so that leftovers can be put back in shard order.
             buckets: dict[bool, list[int]] = {True: [], False: []}
             batches = []
-            for position, index in enumerate(shard):
+            for position, index in enumerate(shard_indices):
                 bucket = buckets[self.is_portrait[index]]
                 bucket.append(position)
                 if len(bucket) == self.batch_size:
-                    batches.append([shard[p] for p in bucket])
+                    batches.append(list(bucket))
                     bucket.clear()
-            leftovers = [shard[p] for p in sorted(buckets[True] + buckets[False])]
+            leftovers = sorted(buckets[True] + buckets[False])
         for start in range(0, len(leftovers), self.batch_size):
             batch = leftovers[start : start + self.batch_size]
             if len(batch) == self.batch_size or not self.drop_last:
@@ -139,10 +152,27 @@ class GroupedBatchSampler(Sampler[list[int]]):
         assert len(batches) == self.num_batches_per_epoch
         return batches
 
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self._batches()[self.start_batch :]
-        self.start_batch = 0
-        return iter(batches)
+    def _batches(self) -> list[list[int]]:
+        shard = self._shard_indices()
+        return [[shard[p] for p in batch] for batch in self._batch_positions(shard)]
+
+    def _seeded_batches(self, start_batch: int) -> Iterator[list[tuple[int, int]]]:
+        shard = self._shard_indices()  # now, not at the first next(): a later set_epoch must not leak in
+        seed, epoch, rank, world_size = self.seed, self.epoch, self.rank, self.world_size
+        return (  # seeds drawn lazily, batch by batch
+            [(shard[p], sample_seed(seed, epoch, p * world_size + rank)) for p in batch]
+            for batch in self._batch_positions(shard)[start_batch:]
+        )
+
+    def __iter__(self) -> Iterator[list[int]] | Iterator[list[tuple[int, int]]]:
+        # A generator: `start_batch` is taken (and reset) at the first next(), not when iter() is called.
+        # DataLoader's multi-worker iterator calls iter() twice and discards the first iterator unused,
+        # which would otherwise swallow the resume position.
+        start_batch, self.start_batch = self.start_batch, 0
+        if self.sample_seeds:
+            yield from self._seeded_batches(start_batch)
+        else:
+            yield from self._batches()[start_batch:]
 
     def __len__(self) -> int:
         """Batches the next `__iter__` yields: a full epoch, less `start_batch` when resuming."""
