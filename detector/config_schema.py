@@ -289,6 +289,10 @@ class RuntimeConfig:
     eval_at_end: bool = True
     deterministic: bool = False
     channels_last: bool = False
+    # Resume from <work_dir>/checkpoints/last.pt when it exists, without --resume (e.g. re-queued jobs).
+    auto_resume: bool = False
+    # Stop (exit non-zero, last good checkpoint kept) after more non-finite losses / gradients in a row.
+    max_consecutive_nonfinite: int = 5
 
     def __post_init__(self):
         if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -297,6 +301,8 @@ class RuntimeConfig:
             raise ValueError(f"runtime.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
         if self.log_interval < 1 or self.checkpoint_interval < 0 or self.eval_interval < 0:
             raise ValueError("runtime.log_interval must be >= 1; checkpoint and eval intervals >= 0")
+        if self.max_consecutive_nonfinite < 0:
+            raise ValueError(f"runtime.max_consecutive_nonfinite must be >= 0, got {self.max_consecutive_nonfinite}")
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,17 @@
     python tools/train.py configs/quickstart.yaml
     python tools/train.py CONFIG --work-dir work_dirs/run1 --opts schedule.max_iters=100 data.batch_size=4
     torchrun --nproc_per_node 8 tools/train.py CONFIG          # one process per GPU
+    python tools/train.py CONFIG --resume                      # continue from <work dir>/checkpoints/last.pt
+    python tools/train.py CONFIG --resume path/to/iter_0005000.pt
 
 The work dir (default work_dirs/<config stem>/) receives config.yaml (the resolved config),
-checkpoints/last.pt, TensorBoard event files (tb/) and metrics.jsonl.
+checkpoints/last.pt, TensorBoard event files (tb/) and metrics.jsonl. With runtime.auto_resume=true a run
+resumes from the work dir's last.pt by itself when one exists (for re-queued jobs).
+
+Exit codes: 0 done; 0 also after SIGTERM (pre-emption: the step in flight finishes, last.pt is written; run
+again with --resume); 130 after SIGINT (Ctrl-C, same checkpoint; press it twice to abort at once);
+1 when training diverged (too many non-finite steps in a row; last.pt keeps the last good state) or a
+checkpoint could not be read; 2 for config errors.
 """
 
 from __future__ import annotations
@@ -13,13 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
 from detector.config import ConfigError, load_config
-from detector.engine.distributed import get_rank, init_distributed
+from detector.engine.checkpoint import CheckpointError
+from detector.engine.distributed import destroy_distributed, get_rank, init_distributed
 from detector.engine.logging_setup import setup_logging
-from detector.engine.trainer import train
+from detector.engine.trainer import NonFiniteLossError, TrainingInterrupted, train
 from detector.evaluation import format_metrics_table
 
 
@@ -27,7 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", help="YAML config file")
     parser.add_argument("--work-dir", help="output folder (default: work_dirs/<config stem>)")
-    parser.add_argument("--resume", action="store_true", help="continue from <work dir>/checkpoints/last.pt")
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
+                        help="continue from <work dir>/checkpoints/last.pt, or from CHECKPOINT when given")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, YAML-typed (e.g. schedule.max_iters=100 data.min_size=[512])")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -44,8 +55,20 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     work_dir = Path(args.work_dir or os.path.join("work_dirs", Path(args.config).stem))
-    metrics = train(cfg, work_dir, resume=args.resume, progress=not args.no_progress)
-    if get_rank() == 0 and metrics:
+    main_process = get_rank() == 0
+    try:
+        metrics = train(cfg, work_dir, resume=args.resume, progress=not args.no_progress)
+    except TrainingInterrupted as stop:
+        if main_process:
+            print(f"{stop}; continue with --resume", file=sys.stderr)
+        return 130 if stop.signum == signal.SIGINT else 0
+    except (NonFiniteLossError, CheckpointError) as err:
+        if main_process:
+            print(f"error: {err}", file=sys.stderr)
+        return 1
+    finally:
+        destroy_distributed()
+    if main_process and metrics:
         print(format_metrics_table(metrics))
         print(json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}))
     return 0

@@ -1,4 +1,4 @@
-"""The training loop: iteration-based, epoch-aware, single- or multi-process.
+"""The training loop: iteration-based, epoch-aware, single- or multi-process, resumable exactly.
 
 One call, ``train(cfg, work_dir, resume)``, does the whole run:
   data -> model (DDP when launched by torchrun) -> SGD + warm-up multi-step schedule -> loop
@@ -8,14 +8,28 @@ One call, ``train(cfg, work_dir, resume)``, does the whole run:
 The schedule is counted in iterations. With ``schedule.epochs`` the length and ``schedule.steps`` are
 converted with the sampler's batches per epoch; ``schedule.max_iters`` caps the iterations actually run
 (the learning-rate schedule keeps the full length, so a capped run is the head of the full run).
+
+Exact resume. A checkpoint holds the model (EFL statistics are model buffers), optimizer, scheduler,
+GradScaler, the iteration (which fixes the sampler's epoch and position), the skipped-step counters and
+every process's RNG states. Each sample's augmentation is seeded from (runtime.seed, epoch, position)
+(:mod:`detector.data.seeded`), so N iterations + resume + N iterations give the same weights as 2N in one go
+(bit for bit with ``runtime.deterministic`` on the CPU), with any ``data.num_workers``.
+
+Stopping. SIGTERM / SIGINT set a flag; the step in flight finishes, every process agrees on the flag (it
+rides in the one small all-reduce that each step already makes to agree on skipping non-finite steps),
+last.pt is written and :class:`TrainingInterrupted` is raised. A second SIGINT aborts at once. More than
+``runtime.max_consecutive_nonfinite`` non-finite steps in a row raise :class:`NonFiniteLossError` without
+writing a checkpoint, so last.pt stays the last good state.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import math
+import signal
+import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +40,14 @@ from tqdm import tqdm
 from detector.config import save_config
 from detector.config_schema import Config
 from detector.data.build import build_train_loader, prepare_synthetic_data
-from detector.engine.checkpoint import (CheckpointManager, capture_rng_state, load_checkpoint, load_model_state,
-                                        restore_rng_state, unwrap_model)
-from detector.engine.distributed import (barrier, get_rank, get_world_size, init_distributed, is_main_process,
-                                         reduce_loss_dict)
+from detector.engine.checkpoint import (CheckpointError, CheckpointManager, capture_rng_state, load_checkpoint,
+                                        load_model_state, restore_rng_state, unwrap_model)
+from detector.engine.distributed import (all_reduce_sum, barrier, get_rank, get_world_size, init_distributed,
+                                         is_distributed, is_main_process, reduce_loss_dict)
 from detector.engine.evaluate import evaluate_model, resolve_amp_dtype
 from detector.engine.lr_schedule import WarmupMultiStepLR
 from detector.engine.metrics_log import MeterGroup, MetricsLogger
-from detector.engine.optim import build_optimizer, clip_gradients
+from detector.engine.optim import build_optimizer
 from detector.engine.seeding import seed_everything
 from detector.models import build_model
 
@@ -42,6 +56,15 @@ logger = logging.getLogger("detector.engine")
 
 class NonFiniteLossError(RuntimeError):
     """Training produced non-finite losses or gradients too many iterations in a row."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM / SIGINT stopped the run after a step; ``checkpoint`` holds its state (resume from it)."""
+
+    def __init__(self, signum: int, iteration: int, checkpoint: Path):
+        self.signum, self.iteration, self.checkpoint = signum, iteration, checkpoint
+        super().__init__(f"stopped by {signal.Signals(signum).name} after iteration {iteration}; "
+                         f"checkpoint {checkpoint}")
 
 
 @dataclass
@@ -68,15 +91,78 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
 
 
-class Trainer:
-    """Holds the run's state; ``fit()`` runs the loop. Build it with :func:`train`."""
+class StopSignal:
+    """While installed, SIGTERM and SIGINT only record the signal; the loop reads it once per step.
 
-    def __init__(self, cfg: Config, work_dir: str | Path, resume: bool = False, progress: bool = True):
+    A second SIGINT raises KeyboardInterrupt at once (a way out when a step hangs); a repeated SIGTERM is
+    ignored. Python runs signal handlers in the main thread between bytecodes, so the handler never
+    interrupts a half-done tensor operation or file write.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.signum is None:
+            self.signum = signum
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            logger.warning("training outside the main thread: SIGTERM / SIGINT cannot stop it gracefully")
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+@dataclass
+class StepResult:
+    losses: dict[str, torch.Tensor]  # detached; "loss" is the total
+    grad_norm: torch.Tensor          # before clipping
+    nonfinite_loss: bool             # on any process
+    nonfinite_grad: bool
+    stop: bool                       # a process received SIGTERM / SIGINT
+
+    @property
+    def skipped(self) -> bool:
+        return self.nonfinite_loss or self.nonfinite_grad
+
+
+def _format_losses(values: dict[str, float]) -> str:
+    return ", ".join(f"{key} {value:.4g}" for key, value in values.items())
+
+
+class Trainer:
+    """Holds the run's state; ``fit()`` runs the loop. Build it with :func:`train`.
+
+    ``resume``: False / None (start fresh, unless ``runtime.auto_resume`` finds ``<work_dir>/checkpoints/
+    last.pt``), True or ``"auto"`` (that last.pt; a warning and a fresh start when it is missing), or the path
+    of a checkpoint (which must exist).
+    """
+
+    def __init__(self, cfg: Config, work_dir: str | Path, resume: bool | str | Path | None = False,
+                 progress: bool = True):
         self.cfg = cfg
         self.work_dir = Path(work_dir)
         self.progress = progress
         rank, world_size, local_rank = init_distributed()
         self.device = resolve_device(cfg.runtime.device, local_rank)
+        if cfg.model.backbone.norm == "syncbn" and world_size > 1 and self.device.type == "cpu":
+            raise ValueError("model.backbone.norm=syncbn needs CUDA devices (torch's SyncBatchNorm has no CPU "
+                             "kernel); use bn, gn or frozen_bn for multi-process CPU runs")
         seed_everything(cfg.runtime.seed, rank=0, deterministic=cfg.runtime.deterministic)  # same init everywhere
         if is_main_process():
             self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -92,7 +178,7 @@ class Trainer:
         self.model = model
         seed_everything(cfg.runtime.seed, rank=rank, deterministic=cfg.runtime.deterministic)
         self.loader, self.sampler = build_train_loader(cfg, rank=rank, world_size=world_size)
-        self.length = schedule_length(cfg, len(self.sampler))
+        self.length = schedule_length(cfg, self.sampler.num_batches_per_epoch)
         s = cfg.schedule
         self.optimizer = build_optimizer(model, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
                                          no_decay_norm_bias=s.no_decay_norm_bias)
@@ -103,32 +189,77 @@ class Trainer:
         if world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.checkpoints = CheckpointManager(self.work_dir / "checkpoints", keep_last=cfg.runtime.keep_checkpoints) \
             if is_main_process() else None
         self.metrics_log = MetricsLogger(self.work_dir)
+        self.stop = StopSignal()
         self.iteration = 0
-        self.num_skipped_steps = 0
+        self.num_skipped_steps = 0   # every skipped step (non-finite loss or gradient, fp16 overflow)
+        self.nonfinite_streak = 0    # consecutive skipped steps that count toward the limit
         self.eval_metrics: dict = {}
-        if resume:
-            self.resume()
+        path = self.resume_path(resume)
+        if path is not None:
+            self.resume(path)
 
     # ------------------------------------------------------------------------------------------- state
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.work_dir / "checkpoints" / CheckpointManager.LAST_NAME
+
+    def resume_path(self, resume: bool | str | Path | None) -> Path | None:
+        """The checkpoint to resume from, or None to start fresh (see the class docstring)."""
+        if resume is True or resume == "auto":
+            if self.last_checkpoint.is_file():
+                return self.last_checkpoint
+            logger.warning("--resume: no checkpoint at %s; starting from scratch", self.last_checkpoint)
+            return None
+        if resume:
+            path = Path(resume)
+            if not path.is_file():
+                raise CheckpointError(f"--resume: checkpoint file not found: {path}")
+            return path
+        if self.cfg.runtime.auto_resume and self.last_checkpoint.is_file():
+            logger.info("runtime.auto_resume: found %s", self.last_checkpoint)
+            return self.last_checkpoint
+        return None
+
     def state_dict(self) -> dict:
+        """The run's state; collective in a distributed run (gathers every process's RNG states)."""
+        rng = capture_rng_state()
+        rng_per_rank = [rng]
+        if is_distributed():
+            rng_per_rank = [None] * get_world_size()
+            torch.distributed.all_gather_object(rng_per_rank, rng)
+        epoch, position = divmod(self.iteration, self.length.iters_per_epoch)
         return {"model": unwrap_model(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
-                "iteration": self.iteration, "num_skipped_steps": self.num_skipped_steps,
-                "rng": capture_rng_state()}
+                "iteration": self.iteration, "epoch": epoch, "batch_in_epoch": position,
+                "num_skipped_steps": self.num_skipped_steps, "nonfinite_streak": self.nonfinite_streak,
+                "world_size": get_world_size(), "rng": rng_per_rank}
 
-    def save_checkpoint(self, keep: bool) -> None:
+    def model_is_finite(self) -> bool:
+        tensors = [t for t in unwrap_model(self.model).state_dict().values() if t.is_floating_point()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+
+    def save_checkpoint(self, keep: bool) -> Path | None:
+        """Write last.pt (and iter_*.pt when ``keep``) on the main process; all processes must call it.
+
+        A model holding non-finite values (e.g. BatchNorm statistics after a skipped NaN step) is never
+        written, so last.pt always holds the last good state. Returns the written path (None elsewhere or
+        when refused)."""
+        state = self.state_dict()  # collective: every rank
+        path = None
         if self.checkpoints is not None:
-            self.checkpoints.save(self.state_dict(), self.iteration, keep=keep)  # keep=False: last.pt only
+            if self.model_is_finite():
+                path = self.checkpoints.save(state, self.iteration, keep=keep)  # keep=False: last.pt only
+            else:
+                logger.error("iteration %d: the model holds non-finite values; checkpoint not written (%s keeps "
+                             "the last good state)", self.iteration, self.last_checkpoint)
         barrier()
+        return path
 
-    def resume(self) -> None:
-        path = self.work_dir / "checkpoints" / "last.pt"
-        if not path.is_file():
-            logger.warning("--resume: no checkpoint at %s; starting from scratch", path)
-            return
+    def resume(self, path: Path) -> None:
         state = load_checkpoint(path, map_location="cpu")
         load_model_state(unwrap_model(self.model), state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -136,7 +267,14 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])
         self.num_skipped_steps = int(state.get("num_skipped_steps", 0))
-        restore_rng_state(state["rng"])
+        self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        rng, saved_world = state["rng"], int(state.get("world_size", 1))
+        if isinstance(rng, list):  # one state per rank
+            if saved_world != get_world_size():
+                logger.warning("%s was written by %d processes, this run has %d: the data order and RNG streams "
+                               "differ from an uninterrupted run", path, saved_world, get_world_size())
+            rng = rng[get_rank()] if len(rng) == get_world_size() else rng[0]
+        restore_rng_state(rng)
         logger.info("resumed from %s at iteration %d", path, self.iteration)
 
     # -------------------------------------------------------------------------------------------- loop
@@ -148,8 +286,12 @@ class Trainer:
             yield from self.loader
             epoch, start_batch = epoch + 1, 0
 
-    def train_step(self, images: torch.Tensor, targets: list[dict]) -> dict[str, torch.Tensor] | None:
-        """One optimiser step; returns the loss dict, or None when the step was skipped (non-finite)."""
+    def train_step(self, images: torch.Tensor, targets: list[dict]) -> StepResult:
+        """One optimiser step, skipped (gradients dropped) when any process saw a non-finite loss or gradient.
+
+        The finiteness flags and the stop flag travel in one 3-element all-reduce, read by the host once per
+        step: every process then skips, and stops, at the same iteration.
+        """
         images = images.to(self.device, non_blocking=True)
         if self.cfg.runtime.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -161,19 +303,57 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self.scaler.unscale_(self.optimizer)
-        grad_norm = clip_gradients([p for p in self.model.parameters() if p.requires_grad],
-                                   self.cfg.schedule.clip_grad_norm)
-        finite = torch.isfinite(total.detach()) & (torch.isfinite(torch.as_tensor(grad_norm))
-                                                   if grad_norm is not None else True)
-        if not bool(finite):
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            grad_norm = torch.zeros((), device=self.device)
+        elif self.cfg.schedule.clip_grad_norm:
+            grad_norm = nn.utils.clip_grad_norm_(self.params, self.cfg.schedule.clip_grad_norm, foreach=True)
+        else:
+            grad_norm = nn.utils.get_total_norm(grads, foreach=True)
+        flags = torch.stack([~torch.isfinite(total.detach()), ~torch.isfinite(grad_norm),
+                             torch.tensor(self.stop.requested, device=grad_norm.device)]).float()  # (3,)
+        nonfinite_loss, nonfinite_grad, stop = (value > 0 for value in all_reduce_sum(flags).tolist())
+        if nonfinite_loss or nonfinite_grad:
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.update()
-            return None
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return {**losses, "loss": total.detach()}
+        else:
+            self.scaler.step(self.optimizer)
+        self.scaler.update()  # after a skipped fp16 step: lowers the loss scale (unscale_ recorded the inf)
+        return StepResult({**{k: v.detach() for k, v in losses.items()}, "loss": total.detach()},
+                          grad_norm.detach(), nonfinite_loss, nonfinite_grad, stop)
+
+    def count_skipped(self, step: StepResult, last_good: tuple[int, dict] | None) -> None:
+        """Count a skipped step; raise NonFiniteLossError when the streak passes the limit (all ranks alike).
+
+        fp16 steps whose gradients overflowed while the loss stayed finite are the GradScaler's normal
+        working (it halves the scale and retries): they are counted in ``skipped_steps`` but not in the
+        streak, which would otherwise stop healthy fp16 runs during their first iterations.
+        """
+        self.num_skipped_steps += 1
+        amp_overflow = self.scaler.is_enabled() and not step.nonfinite_loss
+        if not amp_overflow:
+            self.nonfinite_streak += 1
+        limit = self.cfg.runtime.max_consecutive_nonfinite
+        if is_main_process():
+            logger.warning("iteration %d: non-finite %s, step skipped (%d in a row, %d skipped in all)",
+                           self.iteration, "loss" if step.nonfinite_loss else "gradient", self.nonfinite_streak,
+                           self.num_skipped_steps)
+        if self.nonfinite_streak <= limit:
+            return
+        values = reduce_loss_dict(step.losses)
+        good = f"; last finite losses (iteration {last_good[0]}): {_format_losses(reduce_loss_dict(last_good[1]))}" \
+            if last_good is not None else ""
+        self.metrics_log.log(self.iteration, {**values, "skipped_steps": self.num_skipped_steps})
+        kept = self.last_checkpoint if self.last_checkpoint.is_file() else "none written yet"
+        raise NonFiniteLossError(
+            f"{self.nonfinite_streak} non-finite steps in a row (limit runtime.max_consecutive_nonfinite="
+            f"{limit}) at iteration {self.iteration}; last losses: {_format_losses(values)}{good}; "
+            f"last good checkpoint kept: {kept}")
 
     def fit(self) -> dict:
+        """Train to ``run_iters``; returns the final evaluation metrics (on the main process).
+
+        Raises TrainingInterrupted (after saving last.pt) on SIGTERM / SIGINT and NonFiniteLossError
+        (without saving) after too many non-finite steps in a row."""
         cfg, run_iters = self.cfg, self.length.run_iters
         meters = MeterGroup(window_size=cfg.runtime.log_interval)
         bar = tqdm(total=run_iters, initial=self.iteration, desc="train", dynamic_ncols=True,
@@ -182,48 +362,65 @@ class Trainer:
                     run_iters, self.length.iters_per_epoch, self.length.total_iters, self.length.milestones,
                     self.device, get_world_size())
         self.model.train()
-        consecutive_bad = 0
         stream = self.batches()
-        tick = time.perf_counter()
-        while self.iteration < run_iters:
-            images, targets = next(stream)
-            data_time = time.perf_counter() - tick
-            losses = self.train_step(images, targets)
-            self.iteration += 1
-            self.scheduler.step()
-            if losses is None:
-                self.num_skipped_steps += 1
-                consecutive_bad += 1
-                logger.warning("iteration %d: non-finite loss or gradient, step skipped (%d in a row)",
-                               self.iteration, consecutive_bad)
-                if consecutive_bad >= 5:
-                    raise NonFiniteLossError(f"{consecutive_bad} non-finite steps in a row up to iteration "
-                                             f"{self.iteration}; the last good checkpoint is kept in "
-                                             f"{self.work_dir / 'checkpoints'}")
-                continue
-            consecutive_bad = 0
-            iter_time = time.perf_counter() - tick
-            tick = time.perf_counter()
-            bar.update(1)
-            meters.update(iter_time=iter_time, data_time=data_time)
-            if self.iteration % cfg.runtime.log_interval == 0 or self.iteration == run_iters:
-                values = reduce_loss_dict(losses)  # the only host sync of the loop, every log_interval steps
-                values.update(meters.medians(), lr=self.optimizer.param_groups[0]["lr"],
-                              skipped_steps=self.num_skipped_steps)
-                self.metrics_log.log(self.iteration, values)
-                bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2g}")
-            interval = cfg.runtime.checkpoint_interval
-            if interval and self.iteration % interval == 0 and self.iteration < run_iters:
-                self.save_checkpoint(keep=True)
-            if cfg.runtime.eval_interval and self.iteration % cfg.runtime.eval_interval == 0 \
-                    and self.iteration < run_iters:
+        last_good = None
+        try:
+            with self.stop.installed():
+                tick = time.perf_counter()
+                while self.iteration < run_iters:
+                    images, targets = next(stream)
+                    data_time = time.perf_counter() - tick
+                    step = self.train_step(images, targets)
+                    self.iteration += 1
+                    with warnings.catch_warnings():  # a skipped first step "calls the scheduler first": harmless,
+                        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
+                        self.scheduler.step()  # the schedule is closed-form in the iteration
+                    if step.skipped:
+                        self.count_skipped(step, last_good)
+                    else:
+                        self.nonfinite_streak = 0
+                        last_good = (self.iteration, step.losses)
+                    iter_time, tick = time.perf_counter() - tick, time.perf_counter()
+                    bar.update(1)
+                    meters.update(iter_time=iter_time, data_time=data_time)
+                    if self.iteration % cfg.runtime.log_interval == 0 or self.iteration == run_iters:
+                        self.log_step(step, meters, bar)
+                    if step.stop:
+                        self.interrupted()
+                    interval = cfg.runtime.checkpoint_interval
+                    if interval and self.iteration % interval == 0 and self.iteration < run_iters:
+                        self.save_checkpoint(keep=True)
+                    if cfg.runtime.eval_interval and self.iteration % cfg.runtime.eval_interval == 0 \
+                            and self.iteration < run_iters:
+                        self.evaluate()
+                bar.close()
+                self.save_checkpoint(keep=bool(cfg.runtime.checkpoint_interval))
+                # A signal after the last step's all-reduce: agree on it now and skip the final evaluation.
+                if bool(all_reduce_sum(torch.tensor([float(self.stop.requested)])).item()):
+                    self.interrupted(saved=True)
+            if cfg.runtime.eval_at_end:
                 self.evaluate()
-        bar.close()
-        self.save_checkpoint(keep=bool(cfg.runtime.checkpoint_interval))
-        if cfg.runtime.eval_at_end:
-            self.evaluate()
-        self.metrics_log.close()
+        finally:
+            bar.close()
+            stream.close()
+            self.metrics_log.close()
         return self.eval_metrics
+
+    def log_step(self, step: StepResult, meters: MeterGroup, bar: tqdm) -> None:
+        values = reduce_loss_dict({**step.losses, "grad_norm": step.grad_norm})  # one all-reduce, one host copy
+        values.update(meters.medians(), lr=self.optimizer.param_groups[0]["lr"],
+                      skipped_steps=self.num_skipped_steps)
+        self.metrics_log.log(self.iteration, values)
+        bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2g}")
+
+    def interrupted(self, saved: bool = False) -> None:
+        """Save last.pt (unless just ``saved``) and raise TrainingInterrupted; every process calls it."""
+        signum = self.stop.signum if self.stop.signum is not None else signal.SIGTERM  # signalled elsewhere
+        if not saved:
+            self.save_checkpoint(keep=False)
+        logger.warning("%s: stopped after iteration %d of %d, checkpoint %s (continue with --resume)",
+                       signal.Signals(signum).name, self.iteration, self.length.run_iters, self.last_checkpoint)
+        raise TrainingInterrupted(signum, self.iteration, self.last_checkpoint)
 
     def evaluate(self) -> dict:
         metrics = evaluate_model(self.cfg, unwrap_model(self.model), self.device, progress=self.progress,
@@ -238,6 +435,9 @@ class Trainer:
         return metrics
 
 
-def train(cfg: Config, work_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Train as the config says; returns the final evaluation metrics (on the main process)."""
+def train(cfg: Config, work_dir: str | Path, resume: bool | str | Path | None = False, progress: bool = True) -> dict:
+    """Train as the config says; returns the final evaluation metrics (on the main process).
+
+    ``resume``: see :class:`Trainer`. Raises :class:`TrainingInterrupted` when SIGTERM / SIGINT stopped the
+    run (last.pt written) and :class:`NonFiniteLossError` when it diverged (last.pt left as it was)."""
     return Trainer(cfg, work_dir, resume=resume, progress=progress).fit()
