@@ -172,10 +172,8 @@ class LVISEvaluator:
             metrics = summarize(self._gt, precision, recall)
         metrics = {(f"AR{self.max_dets}" if key == "AR" else key): value for key, value in metrics.items()}
         if per_class:
-            metrics["per_class"] = {
-                name: (None if ap < 0 else ap)
-                for name, ap in zip(self.class_names, (_mean_valid(precision[:, :, k, 0]) for k in range(len(self.cat_ids))))
-            }
+            per_class_ap = (_mean_valid(precision[:, :, k, 0]) for k in range(len(self.cat_ids)))  # area "all"
+            metrics["per_class"] = {name: (None if ap < 0 else ap) for name, ap in zip(self.class_names, per_class_ap)}
             metrics["per_class_frequency"] = {
                 name: self.category_frequency[cat_id] for name, cat_id in zip(self.class_names, self.cat_ids)
             }
@@ -191,7 +189,6 @@ class LVISEvaluator:
         ]
         with _lvis_output_to_debug():
             lvis_dt = lvis.LVISResults(self._lvis_gt, dicts, max_dets=self.max_dets)
-            del dicts
             lvis_eval = lvis.LVISEval(self._lvis_gt, lvis_dt, iou_type="bbox")
             lvis_eval.run()
             lvis_eval.print_results()
@@ -326,7 +323,8 @@ def _parse_canonical(piece: str) -> Columnar | None:
 def _chunk_to_columns(path: Path, items: list, first: int) -> Columnar:
     """Validated arrays of one chunk parsed by json; a bad entry is reported by its index in the file."""
     try:
-        image_id, category_id, bbox, score = zip(*[(r["image_id"], r["category_id"], r["bbox"], r["score"]) for r in items])
+        rows = [(r["image_id"], r["category_id"], r["bbox"], r["score"]) for r in items]
+        image_id, category_id, bbox, score = zip(*rows)
         columns = {
             "image_id": np.array(image_id),
             "category_id": np.array(category_id),

@@ -161,7 +161,8 @@ def test_more_than_300_detections_per_image(tmp_path, lvis):
         x, y, w, h = source["bbox"]
         bbox = [x + float(rng.normal(0, 2)), y + float(rng.normal(0, 2)), w, h]
         cat = source["category_id"] if index % 3 else int(rng.choice(cats))
-        results.append({"image_id": image_id, "category_id": cat, "bbox": bbox, "score": round(float(rng.uniform()), 1)})
+        score = round(float(rng.uniform()), 1)  # ties across the cut
+        results.append({"image_id": image_id, "category_id": cat, "bbox": bbox, "score": score})
     gt_path = tmp_path / "gt.json"
     gt_path.write_text(json.dumps(gt_dict))
     reference = _lvis_api(lvis, gt_path, results, 300)
