@@ -418,8 +418,9 @@ class Trainer:
         signum = self.stop.signum if self.stop.signum is not None else signal.SIGTERM  # signalled elsewhere
         if not saved:
             self.save_checkpoint(keep=False)
-        logger.warning("%s: stopped after iteration %d of %d, checkpoint %s (continue with --resume)",
-                       signal.Signals(signum).name, self.iteration, self.length.run_iters, self.last_checkpoint)
+        if is_main_process():
+            logger.warning("%s: stopped after iteration %d of %d, checkpoint %s (continue with --resume)",
+                           signal.Signals(signum).name, self.iteration, self.length.run_iters, self.last_checkpoint)
         raise TrainingInterrupted(signum, self.iteration, self.last_checkpoint)
 
     def evaluate(self) -> dict:
