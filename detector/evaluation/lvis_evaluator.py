@@ -232,13 +232,14 @@ def _iter_result_chunks(path: Path, chunk_chars: int) -> Iterator[Columnar]:
             raise ResultsFormatError(f"results file {path}: top level is {kind}, expected a JSON list of detections")
         text = text[1:]
         after_element = False  # text starts right after a parsed element: a comma or "]" comes next
+        after_comma = False  # ... or right after that comma: an element must come next
         while block := f.read(chunk_chars):
             text += block
             if after_element:
                 text = text.lstrip()
                 if not text.startswith(","):
                     continue  # only whitespace so far, or "]" (handled at the end)
-                text, after_element = text[1:], False
+                text, after_element, after_comma = text[1:], False, True
             cut = text.rfind("}")
             for _ in range(_MAX_CUT_RETRIES):
                 if cut < 0:
@@ -252,22 +253,27 @@ def _iter_result_chunks(path: Path, chunk_chars: int) -> Iterator[Columnar]:
                     cut = text.rfind("}", 0, cut)
                     continue
                 yield columns
-                text, after_element = text[cut + 1 :], True
+                text, after_element, after_comma = text[cut + 1 :], True, False
                 break
         rest = text.strip()
         if after_element:
-            if not rest:
-                raise ResultsFormatError(f"results file {path} is not valid JSON: the list is not closed")
-            rest = rest[1:].lstrip() if rest.startswith(",") else rest
-            if rest != "]":
-                raise ResultsFormatError(f"results file {path} is not valid JSON: expected ',' or ']' after an entry")
+            if rest == "]":
+                return
+            if not rest.startswith(","):
+                problem = "the list is not closed" if not rest else "expected ',' or ']' after an entry"
+                raise ResultsFormatError(f"results file {path} is not valid JSON: {problem}")
+            rest, after_comma = rest[1:].lstrip(), True
         if not rest.endswith("]"):
             raise ResultsFormatError(f"results file {path} is not valid JSON: the list is not closed")
-        if rest[:-1].strip():
-            try:
-                yield parse(rest[:-1])
-            except json.JSONDecodeError as error:
-                raise ResultsFormatError(f"results file {path} is not valid JSON: {error.msg}") from None
+        body = rest[:-1].strip()
+        if not body:
+            if after_comma:
+                raise ResultsFormatError(f"results file {path} is not valid JSON: a comma before ']'")
+            return
+        try:
+            yield parse(body)
+        except json.JSONDecodeError as error:
+            raise ResultsFormatError(f"results file {path} is not valid JSON: {error.msg}") from None
 
 
 # The canonical layout is json.dump's of flat result dicts: {"image_id": 1, "category_id": 3,

@@ -312,6 +312,7 @@ def test_load_results_columnar_empty_and_errors(tmp_path):
     cases = {
         '{"image_id": 1}': "expected a JSON list",
         '[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}': "not closed",
+        '[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}, ]': "not valid JSON",
         '[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}, {"image_id": x}]': "not valid JSON",
         '[{"image_id": 1, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}, {"image_id": 2}]': "entry 1",
         '[{"image_id": 1.5, "category_id": 1, "bbox": [1, 2, 3, 4], "score": 0.5}]': "entry 0",
