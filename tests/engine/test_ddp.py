@@ -84,7 +84,7 @@ def first_step(trainer: Trainer, images: torch.Tensor, targets: list[dict]) -> d
     model = unwrap_model(trainer.model)
     efl = next(m for m in model.modules() if isinstance(m, EqualizedFocalLoss))
     return {"grads": {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None},
-            "losses": reduce_loss_dict(step.losses), "pos_neg": efl.pos_neg.clone()}
+            "losses": reduce_loss_dict(step.losses), "pos_neg": efl.pos_neg.clone(), "pos_grad": efl.pos_grad.clone()}
 
 
 def fresh_model(cfg):
@@ -166,8 +166,11 @@ def test_two_process_step_equals_one_process_step_on_the_concatenated_batch(two_
         torch.testing.assert_close(double["grads"][name], grad, rtol=1e-4, atol=1e-7, msg=name)
     for name, value in single["losses"].items():  # the ranks' mean loss is the full batch's loss
         assert double["losses"][name] == pytest.approx(value, rel=1e-5), name
-    # EFL's g_j = pos / neg from gradients summed over processes: the same as on the whole batch
+    # EFL's g_j = pos / neg from gradients summed over processes: the same as on the whole batch. (The sums
+    # themselves are world_size times larger: each rank's loss is normalised by the mean, not the total,
+    # number of positives, and DDP averages the parameter gradients, not these logit gradients.)
     torch.testing.assert_close(double["pos_neg"], single["pos_neg"], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(double["pos_grad"], WORLD_SIZE * single["pos_grad"], rtol=1e-4, atol=1e-7)
 
 
 def test_one_and_two_process_evaluation_give_identical_metrics(two_processes, data_root):
