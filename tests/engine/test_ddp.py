@@ -110,6 +110,11 @@ def _worker(rank: int, port: int, out_dir: str, root: str) -> None:
     metrics = evaluate_model(cfg, fresh_model(cfg), torch.device("cpu"), progress=False)
     if rank == 0:
         (out / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if isinstance(v, float)}))
+    # torch's SyncBatchNorm has no CPU kernel: refused up front, on every rank alike (no hang)
+    try:
+        Trainer(load_config(CONFIG, tiny_opts(root, "model.backbone.norm=syncbn")), out / "sync", progress=False)
+    except ValueError as error:
+        (out / f"syncbn_{rank}.txt").write_text(str(error))
     # (c) SIGTERM on rank 1 only, before its second step
     trainer = Trainer(load_config(CONFIG, tiny_opts(root, "schedule.max_iters=6")), out / "stop", progress=False)
     train_step = trainer.train_step
@@ -188,6 +193,11 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_iteration(two_process
     assert state["iteration"] == 2 and state["world_size"] == WORLD_SIZE
     assert len(state["rng"]) == WORLD_SIZE
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # each rank's own stream
+
+
+def test_syncbn_on_cpu_processes_is_a_clear_error(two_processes):
+    for rank in range(WORLD_SIZE):
+        assert "model.backbone.norm=syncbn needs CUDA" in (two_processes / f"syncbn_{rank}.txt").read_text()
 
 
 def test_torchrun_quickstart_on_the_cpu(data_root, tmp_path):

@@ -244,6 +244,47 @@ def test_cli_stops_a_diverged_run_with_a_one_line_error(data_root, tmp_path, mon
     assert not (tmp_path / "checkpoints" / "last.pt").exists()  # nothing good to keep: nothing written
 
 
+class InfiniteGradient(torch.autograd.Function):
+    """Identity forward, infinite backward: a finite loss whose gradients overflow, like an fp16 step."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+@pytest.mark.parametrize("scaler", [True, False])
+def test_gradient_overflow_with_a_grad_scaler_is_counted_but_not_a_divergence(data_root, tmp_path, scaler):
+    """With a GradScaler (fp16 on CUDA; an enabled CPU scaler stands in here) a finite loss with overflowing
+    gradients is the scaler's normal working: skipped, counted in skipped_steps, the scale halved, and not
+    counted toward runtime.max_consecutive_nonfinite. Without a scaler the same steps are a divergence."""
+    trainer = make_trainer(data_root, tmp_path, "schedule.max_iters=5", "runtime.max_consecutive_nonfinite=1")
+    if scaler:
+        trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    forward = trainer.model.forward
+
+    def overflowing(images, targets):
+        losses = forward(images, targets)
+        if trainer.iteration < 3:
+            losses["loss_cls"] = InfiniteGradient.apply(losses["loss_cls"])
+        return losses
+
+    trainer.model.forward = overflowing
+    if not scaler:
+        with pytest.raises(NonFiniteLossError, match="2 non-finite steps in a row"):
+            trainer.fit()
+        return
+    trainer.fit()
+    assert trainer.iteration == 5 and trainer.num_skipped_steps == 3
+    assert trainer.scaler.get_scale() == 1024.0 / 2**3
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/skipped_steps"] for r in records if "train/skipped_steps" in r] == [1, 2, 3, 3, 3]
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["scaler"]["scale"] == 128.0
+
+
 # ---------------------------------------------------------------------------------------------- bf16
 def test_bf16_autocast_trains_and_keeps_efl_statistics_in_fp32(data_root, tmp_path):
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
