@@ -6,7 +6,22 @@ import logging
 import sys
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the moment of each record (not the stream at setup time), so
+    a tool's ``main()`` called twice in one interpreter (tests, notebooks) never writes to a closed stream."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property always wins
+        pass
+
+
 def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level if rank == 0 else logging.WARNING, stream=sys.stderr, force=True,
-                        format=f"%(asctime)s {'' if rank == 0 else f'[rank {rank}] '}%(levelname)s %(name)s: "
-                               "%(message)s", datefmt="%H:%M:%S")
+    handler = _CurrentStderrHandler()
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s {'' if rank == 0 else f'[rank {rank}] '}%(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S"))
+    logging.basicConfig(level=level if rank == 0 else logging.WARNING, handlers=[handler], force=True)
