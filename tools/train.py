@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from detector.config import ConfigError, load_config
+from detector.data.coco import BadImageError
 from detector.engine.checkpoint import CheckpointError
 from detector.engine.distributed import destroy_distributed, get_rank, init_distributed
 from detector.engine.logging_setup import setup_logging
@@ -62,9 +63,15 @@ def main(argv=None) -> int:
         if main_process:
             print(f"{stop}; continue with --resume", file=sys.stderr)
         return 130 if stop.signum == signal.SIGINT else 0
-    except (NonFiniteLossError, CheckpointError) as err:
+    except (NonFiniteLossError, CheckpointError, FileNotFoundError, ValueError) as err:
+        # A diverged run or bad input (checkpoint, annotation file, a config that does not fit the data):
+        # every process meets it alike, the main one reports it. The message names the file and the entry.
         if main_process:
             print(f"error: {err}", file=sys.stderr)
+        return 1
+    except BadImageError as err:
+        # An unreadable image (data.on_bad_image=error) is met only by the process whose shard holds it.
+        print(f"error{'' if main_process else f' (rank {get_rank()})'}: {err}", file=sys.stderr)
         return 1
     finally:
         destroy_distributed()

@@ -354,3 +354,44 @@ def test_train_skip_mode_skips_and_counts_bad_images_over_workers(data, tmp_path
         assert any(f"{path} (image id {image_id})" in line for line in skips), proc.stderr
     counts = [tuple(map(int, re.search(r"(\d+) bad images, (\d+) skips so far", line).groups())) for line in skips]
     assert max(counts) == (2, 2), skips  # the running count covers both workers
+
+
+# ---- tools/train.py: bad input stops with one clear line (exit 1) ----
+
+
+def train_run(tmp_path, data, *opts):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), str(CONFIG), "--work-dir", str(tmp_path / "run"), "--no-progress",
+                           "--opts", *data["opts"], "schedule.max_iters=1", "runtime.eval_at_end=false", *opts],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def test_train_missing_annotation_file(data, tmp_path):
+    proc = train_run(tmp_path, data, f"data.train.ann_file={tmp_path / 'nope.json'}")
+    assert_clean_error(proc.stderr, proc.returncode, 1, "annotation file not found", tmp_path / "nope.json")
+
+
+def test_train_bad_image_in_a_worker(data, tmp_path):
+    paths = data["paths"]
+    train_json = json.loads(Path(paths["train_ann_file"]).read_text())
+    with_boxes = {a["image_id"] for a in train_json["annotations"]}
+    images = sorted(train_json["images"], key=lambda img: img["id"])
+    broken = copy_images(paths["train_img_dir"], tmp_path / "train", paths["train_ann_file"],
+                         {i: "truncated" for i, img in enumerate(images) if img["id"] in with_boxes})
+    proc = train_run(tmp_path, data, f"data.train.img_dir={tmp_path / 'train'}", "data.num_workers=1")
+    message = assert_clean_error(proc.stderr, proc.returncode, 1, "cannot decode image")
+    assert any(f"{path} (image id {image_id})" in message for image_id, path in broken.items()), message
+
+
+def test_train_num_classes_mismatch(data, tmp_path):
+    proc = train_run(tmp_path, data, "model.num_classes=5", "data.synthetic.enabled=false")
+    assert_clean_error(proc.stderr, proc.returncode, 1, data["paths"]["train_ann_file"], "6 categories",
+                       "model.num_classes is 5")
+
+
+def test_train_resume_from_a_non_checkpoint(data, tmp_path):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_text('{"not": "a checkpoint"}')
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "train.py"), str(CONFIG), "--work-dir", str(tmp_path / "run"), "--no-progress",
+                           "--resume", str(garbage), "--opts", *data["opts"], "schedule.max_iters=1",
+                           "runtime.eval_at_end=false"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert_clean_error(proc.stderr, proc.returncode, 1, garbage, "is not a PyTorch checkpoint")
