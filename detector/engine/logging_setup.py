@@ -6,17 +6,15 @@ import logging
 import sys
 
 
-class _CurrentStderrHandler(logging.StreamHandler):
+class _CurrentStderrHandler(logging.Handler):
     """Writes to whatever ``sys.stderr`` is at the moment of each record (not the stream at setup time), so
     a tool's ``main()`` called twice in one interpreter (tests, notebooks) never writes to a closed stream."""
 
-    @property
-    def stream(self):
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the property always wins
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # logging must never raise into the caller
+            self.handleError(record)
 
 
 def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from detector.engine.distributed import all_reduce_sum
 from detector.losses.focal import reduce_loss
-from detector.losses.quality_focal import check_reduction, fused_elementwise_loss, qfl_terms
+from detector.losses.fused import check_reduction, fused_elementwise_loss
+from detector.losses.quality_focal import qfl_terms
 
 __all__ = ["EqualizedFocalLoss"]
 

@@ -13,27 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+
+from detector.losses.fused import check_reduction, fused_elementwise_loss, promote as _promote, reduce_loss
 
 __all__ = ["focal_loss", "reduce_loss"]
-
-_REDUCTIONS = ("none", "sum", "mean")
-
-
-def reduce_loss(loss: Tensor, reduction: str) -> Tensor:
-    """Apply ``reduction`` ("none" | "sum" | "mean"); the mean of an empty tensor is 0 (not NaN)."""
-    if reduction == "none":
-        return loss
-    if reduction == "sum":
-        return loss.sum()
-    if reduction == "mean":
-        return loss.mean() if loss.numel() > 0 else loss.sum() * 0.0
-    raise ValueError(f"invalid reduction {reduction!r}: expected one of {_REDUCTIONS}")
-
-
-def _promote(t: Tensor) -> Tensor:
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
-
 
 def _mul_alpha_t_(t: Tensor, y: Tensor, alpha: float) -> Tensor:
     """In place t *= alpha_t, alpha_t = alpha y + (1 - alpha)(1 - y) = (1 - alpha)(1 + c y), no temporary."""
@@ -90,28 +73,6 @@ def _focal_terms(logits: Tensor, targets: Tensor, alpha: float, gamma: float,
     return loss, grad
 
 
-class _FocalLossFunction(torch.autograd.Function):
-    """Focal loss with the gradient computed alongside the forward pass (targets get no gradient)."""
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, targets: Tensor, alpha: float, gamma: float, reduction: str) -> Tensor:
-        loss, grad = _focal_terms(_promote(logits), _promote(targets), alpha, gamma, with_grad=True)
-        ctx.save_for_backward(grad)
-        ctx.logits_dtype = logits.dtype
-        ctx.reduction = reduction
-        ctx.numel = loss.numel()
-        return reduce_loss(loss, reduction)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output: Tensor):
-        (grad,) = ctx.saved_tensors
-        if ctx.reduction == "mean":
-            grad_output = grad_output / max(ctx.numel, 1)
-        grad_logits = grad * grad_output  # grad_output is a scalar for "sum" / "mean", (..., K) for "none"
-        return grad_logits.to(ctx.logits_dtype), None, None, None, None
-
-
 def focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: float = 2.0,
                reduction: str = "none") -> Tensor:
     """Sigmoid focal loss, Lin et al., "Focal Loss for Dense Object Detection" (ICCV 2017), eq. (5):
@@ -135,8 +96,7 @@ def focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: floa
     Gradients flow to ``logits`` only; if ``targets`` requires grad the equation is composed from autograd
     ops instead of the fused kernel.
     """
-    if reduction not in _REDUCTIONS:
-        raise ValueError(f"invalid reduction {reduction!r}: expected one of {_REDUCTIONS}")
+    check_reduction(reduction)
     if logits.shape != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} must have one shape")
     if gamma < 0:
@@ -147,10 +107,9 @@ def focal_loss(logits: Tensor, targets: Tensor, alpha: float = 0.25, gamma: floa
     grad_enabled = torch.is_grad_enabled()
     if grad_enabled and targets.requires_grad:
         return _focal_loss_composed(logits, targets, alpha, gamma, reduction)
-    if grad_enabled and logits.requires_grad:
-        return _FocalLossFunction.apply(logits, targets, alpha, gamma, reduction)
-    loss, _ = _focal_terms(_promote(logits), _promote(targets), alpha, gamma, with_grad=False)
-    return reduce_loss(loss, reduction)
+    y = _promote(targets)
+    return fused_elementwise_loss(logits, lambda x, with_grad: _focal_terms(x, y.to(x.dtype), alpha, gamma, with_grad),
+                                  reduction)
 
 
 def _focal_loss_composed(logits: Tensor, targets: Tensor, alpha: float, gamma: float, reduction: str) -> Tensor:

@@ -2,7 +2,7 @@
 
 The paper shows that the exact form of the focal term matters little: FL* reshapes the log-loss of a shifted,
 sharpened sigmoid instead of multiplying by (1 - p_t)^gamma, and with gamma = 2, beta = 1 it performs close
-to FL. Computed with the shared fused-gradient Function (``quality_focal.fused_elementwise_loss``).
+to FL. Computed with the shared fused-gradient Function (``fused.fused_elementwise_loss``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from detector.losses.focal import reduce_loss
-from detector.losses.quality_focal import check_reduction, fused_elementwise_loss
+from detector.losses.fused import check_reduction, fused_elementwise_loss
 
 __all__ = ["focal_loss_star"]
 
