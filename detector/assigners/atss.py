@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from detector.assigners.max_iou import BACKGROUND, IGNORE
-from detector.boxes import box_area, box_iof_batched
+from detector.assigners.max_iou import BACKGROUND, ignore_crowd_regions
+from detector.boxes import box_area
 
 __all__ = ["ATSSAssigner"]
 
@@ -102,7 +102,7 @@ class ATSSAssigner:
         if num_images > 0 and num_gts > 0 and num_anchors > 0:
             self._match(anchors, counts, gt_boxes, gt_valid.to(torch.bool), codes)
         if ignore_boxes is not None and ignore_boxes.shape[1] > 0 and num_anchors > 0:
-            self._ignore_crowds(anchors, ignore_boxes, ignore_valid, codes)
+            ignore_crowd_regions(codes, anchors, ignore_boxes, ignore_valid, self.ignore_iof_thr)
         return codes
 
     def _candidates(self, anchor_centres: Tensor, counts: list[int], gt_centres: Tensor) -> Tensor:
@@ -169,14 +169,3 @@ class ATSSAssigner:
         winner = torch.where(wins, gt_index.reshape(num_images, -1), num_gts)  # (B, G * n); num_gts: none
         chosen = torch.full_like(codes, num_gts).scatter_reduce_(1, flat_idx, winner, reduce="amin")  # (B, A)
         codes.copy_(torch.where(chosen < num_gts, chosen, codes))
-
-    def _ignore_crowds(self, anchors: Tensor, ignore_boxes: Tensor, ignore_valid: Tensor | None,
-                       codes: Tensor) -> None:
-        """Turn background anchors that lie mostly inside an ignore region into IGNORE, in place."""
-        if ignore_boxes.dim() != 3 or ignore_boxes.shape[0] != codes.shape[0] or ignore_boxes.shape[-1] != 4:
-            raise ValueError(f"ignore_boxes must be ({codes.shape[0]}, C, 4), got {tuple(ignore_boxes.shape)}")
-        iof = box_iof_batched(ignore_boxes, anchors)  # (B, C, A)
-        if ignore_valid is not None:
-            iof.masked_fill_(~ignore_valid.to(torch.bool).unsqueeze(-1), 0.0)
-        in_crowd = iof.amax(dim=1) > self.ignore_iof_thr  # (B, A)
-        codes.masked_fill_(in_crowd & (codes == BACKGROUND), IGNORE)

@@ -82,7 +82,7 @@ class MaxIoUAssigner:
         if num_gts > 0 and num_anchors > 0:
             self._match(anchors, gt_boxes, gt_valid, codes)
         if ignore_boxes is not None and ignore_boxes.shape[1] > 0 and num_anchors > 0:
-            self._ignore_crowds(anchors, ignore_boxes, ignore_valid, codes)
+            ignore_crowd_regions(codes, anchors, ignore_boxes, ignore_valid, self.ignore_iof_thr)
         return codes
 
     def _match(self, anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, codes: Tensor) -> None:
@@ -107,13 +107,15 @@ class MaxIoUAssigner:
         is_low_quality = low_quality_iou > 0  # (B, A)
         codes.copy_(torch.where(is_low_quality, low_quality_gt, codes))
 
-    def _ignore_crowds(self, anchors: Tensor, ignore_boxes: Tensor, ignore_valid: Tensor | None,
-                       codes: Tensor) -> None:
-        """Turn background anchors that lie mostly inside an ignore region into IGNORE, in place."""
-        if ignore_boxes.dim() != 3 or ignore_boxes.shape[0] != codes.shape[0]:
-            raise ValueError(f"ignore_boxes must be (B, C, 4), got {tuple(ignore_boxes.shape)}")
-        iof = box_iof_batched(ignore_boxes, anchors)  # (B, C, A)
-        if ignore_valid is not None:
-            iof.masked_fill_(~ignore_valid.unsqueeze(-1), 0.0)
-        in_crowd = iof.amax(dim=1) > self.ignore_iof_thr  # (B, A)
-        codes.masked_fill_(in_crowd & (codes == BACKGROUND), IGNORE)
+
+def ignore_crowd_regions(codes: Tensor, anchors: Tensor, ignore_boxes: Tensor, ignore_valid: Tensor | None,
+                         iof_thr: float) -> None:
+    """Turn background anchors whose area lies more than ``iof_thr`` inside an ignore (crowd) region into
+    IGNORE, in place; positives stay. Shared by every assigner."""
+    if ignore_boxes.dim() != 3 or ignore_boxes.shape[0] != codes.shape[0] or ignore_boxes.shape[-1] != 4:
+        raise ValueError(f"ignore_boxes must be ({codes.shape[0]}, C, 4), got {tuple(ignore_boxes.shape)}")
+    iof = box_iof_batched(ignore_boxes, anchors)  # (B, C, A)
+    if ignore_valid is not None:
+        iof.masked_fill_(~ignore_valid.to(torch.bool).unsqueeze(-1), 0.0)
+    in_crowd = iof.amax(dim=1) > iof_thr  # (B, A)
+    codes.masked_fill_(in_crowd & (codes == BACKGROUND), IGNORE)
