@@ -41,12 +41,22 @@ class AnchorConfig:
     ratios: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0])  # height / width
     # Anchor centres at (x + offset) * stride: 0 puts them on the cell corner (torchvision, mmdetection).
     offset: float = 0.0
+    # Exact anchor sizes per level (5 lists of equal length), replacing sizes x scales; e.g. torchvision's
+    # RetinaNet rounds them down to integers: [[32, 40, 50], [64, 80, 101], ...]. null: sizes x scales.
+    sizes_per_level: Optional[list[list[float]]] = None
 
     def __post_init__(self):
         if len(self.sizes) != 5:
             raise ValueError(f"anchors.sizes needs one size per level P3..P7 (5), got {self.sizes}")
         if not self.scales or not self.ratios or min(self.scales + self.ratios + self.sizes) <= 0:
             raise ValueError("anchors.scales, ratios and sizes must be non-empty and positive")
+        if self.sizes_per_level is not None:
+            lengths = {len(level) for level in self.sizes_per_level}
+            if len(self.sizes_per_level) != 5 or len(lengths) != 1 or 0 in lengths:
+                raise ValueError("anchors.sizes_per_level needs 5 non-empty lists of equal length (levels P3..P7), "
+                                 f"got {self.sizes_per_level}")
+            if min(min(level) for level in self.sizes_per_level) <= 0:
+                raise ValueError(f"anchors.sizes_per_level must be positive, got {self.sizes_per_level}")
 
 
 @dataclass(frozen=True)
@@ -216,6 +226,16 @@ class SyntheticConfig:
 class EvaluationConfig:
     # LVIS: "fast" (focaldet's vectorised evaluator, identical numbers) or "lvis-api" (the lvis package).
     lvis_backend: Literal["fast", "lvis-api"] = "fast"
+    # COCO: "pycocotools" (the official COCOeval) or "fast" (focaldet's vectorised evaluator, same numbers).
+    coco_backend: Literal["fast", "pycocotools"] = "pycocotools"
+    # TensorBoard at each evaluation: detections drawn on this many val images (0: none) and per-class
+    # precision-recall curves (rank 0 only).
+    tensorboard_images: int = 4
+    tensorboard_pr_curves: bool = True
+
+    def __post_init__(self):
+        if self.tensorboard_images < 0:
+            raise ValueError(f"evaluation.tensorboard_images must be >= 0, got {self.tensorboard_images}")
 
 
 @dataclass(frozen=True)
@@ -289,6 +309,9 @@ class RuntimeConfig:
     eval_at_end: bool = True
     deterministic: bool = False
     channels_last: bool = False
+    compile: bool = False           # torch.compile the model (first steps pay the compilation)
+    fused_optimizer: bool = False   # SGD(fused=True): one kernel for the whole parameter update
+    cudnn_benchmark: bool = False   # cudnn autotuning (CUDA; ignored when runtime.deterministic)
     # Resume from <work_dir>/checkpoints/last.pt when it exists, without --resume (e.g. re-queued jobs).
     auto_resume: bool = False
     # Stop (exit non-zero, last good checkpoint kept) after more non-finite losses / gradients in a row.
