@@ -101,6 +101,7 @@ def build_optimizer(
     weight_decay: float = 1e-4,
     no_decay_norm_bias: bool = False,
     nesterov: bool = False,
+    fused: bool = False,
 ) -> torch.optim.SGD:
     """Build SGD with momentum over the trainable parameters of ``model``.
 
@@ -112,10 +113,12 @@ def build_optimizer(
         no_decay_norm_bias: exempt normalisation parameters and biases from weight decay
             (see :func:`build_param_groups`).
         nesterov: use Nesterov momentum (requires ``momentum > 0``).
+        fused: use torch's fused SGD kernel (one kernel for the whole update, CUDA and CPU) instead of the
+            multi-tensor (``foreach``) implementation. Both compute the same update.
 
     Returns:
-        A ``torch.optim.SGD`` using the multi-tensor (``foreach``) implementation, which batches the update
-        of all parameters into a few kernels on CUDA and is also supported on the CPU.
+        A ``torch.optim.SGD``; by default the multi-tensor (``foreach``) implementation, which batches the
+        update of all parameters into a few kernels on CUDA and is also supported on the CPU.
     """
     if lr <= 0:
         raise ValueError(f"lr must be > 0, got {lr}")
@@ -130,7 +133,8 @@ def build_optimizer(
         momentum=momentum,
         weight_decay=weight_decay,
         nesterov=nesterov,
-        foreach=True,
+        foreach=None if fused else True,
+        fused=True if fused else None,
     )
 
 

@@ -83,6 +83,16 @@ def schedule_length(cfg: Config, iters_per_epoch: int) -> ScheduleLength:
     return ScheduleLength(iters_per_epoch, total, run, [step * unit for step in s.steps])
 
 
+def compile_network(model: nn.Module) -> None:
+    """torch.compile the backbone, neck and head forward passes in place (parameter names unchanged).
+
+    Target assignment and the losses stay eager: their shapes change with the number of boxes per batch,
+    which would make the compiler recompile again and again.
+    """
+    for name in ("backbone", "neck", "head"):
+        getattr(model, name).compile()
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":
         return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
@@ -175,13 +185,18 @@ class Trainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         if cfg.runtime.channels_last:
             model = model.to(memory_format=torch.channels_last)
+        if cfg.runtime.cudnn_benchmark and not cfg.runtime.deterministic:
+            torch.backends.cudnn.benchmark = True
+        if cfg.runtime.compile:
+            compile_network(model)
         self.model = model
         seed_everything(cfg.runtime.seed, rank=rank, deterministic=cfg.runtime.deterministic)
         self.loader, self.sampler = build_train_loader(cfg, rank=rank, world_size=world_size)
         self.length = schedule_length(cfg, self.sampler.num_batches_per_epoch)
         s = cfg.schedule
         self.optimizer = build_optimizer(model, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
-                                         no_decay_norm_bias=s.no_decay_norm_bias)
+                                         no_decay_norm_bias=s.no_decay_norm_bias,
+                                         fused=cfg.runtime.fused_optimizer)
         self.scheduler = WarmupMultiStepLR(self.optimizer, self.length.milestones, gamma=s.gamma,
                                            warmup_iters=s.warmup_iters, warmup_factor=s.warmup_factor)
         self.amp_dtype = resolve_amp_dtype(cfg.runtime.amp, self.device)

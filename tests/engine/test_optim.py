@@ -128,3 +128,21 @@ def test_clip_gradients_disabled_and_no_grads():
     assert clip_gradients([p], 0) is None
     assert torch.equal(p.grad, torch.tensor([30.0, 40.0]))
     assert clip_gradients(iter([nn.Parameter(torch.zeros(1))]), 1.0) == 0.0
+
+
+def test_fused_sgd_matches_foreach_update():
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Conv2d(4, 2, 1))
+    fused_model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.Conv2d(4, 2, 1))
+    fused_model.load_state_dict(reference.state_dict())
+    optimizers = [build_optimizer(m, lr=0.1, weight_decay=1e-2, no_decay_norm_bias=True, fused=fused)
+                  for m, fused in ((reference, False), (fused_model, True))]
+    assert optimizers[1].defaults["fused"] and not optimizers[0].defaults["fused"]
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(3):  # momentum buffers take part from the second step on
+        for model, optimizer in zip((reference, fused_model), optimizers):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(reference.parameters(), fused_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
