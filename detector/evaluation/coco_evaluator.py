@@ -35,6 +35,9 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from .ap_common import mean_valid as _mean_valid
+from .ap_common import pr_curves_from_precision
+
 __all__ = ["COCOEvaluator"]
 
 logger = logging.getLogger(__name__)
@@ -52,12 +55,6 @@ def _run_quietly(fn: Callable[..., _T], *args: object) -> _T:
         text = buffer.getvalue().strip()
         if text:
             logger.debug("pycocotools output:\n%s", text)
-
-
-def _mean_valid(values: np.ndarray) -> float:
-    """Mean over entries > -1 (COCOeval.summarize's rule); -1.0 when there are none."""
-    valid = values[values > -1]
-    return float(np.mean(valid)) if valid.size else -1.0
 
 
 def _index_of(thresholds: np.ndarray, value: float) -> int:
@@ -168,12 +165,15 @@ class COCOEvaluator:
         _run_quietly(coco_dt.createIndex)
         return coco_dt
 
-    def evaluate(self, results: list[dict], per_class: bool = False) -> dict:
+    def evaluate(self, results: list[dict], per_class: bool = False, pr_curves: bool = False) -> dict:
         """Score COCO-format results.
 
         Args:
             results: COCO result dicts (``image_id``, ``category_id``, ``bbox`` xywh, ``score``).
             per_class: also return ``"per_class"``: {class name: AP}.
+            pr_curves: also return ``"pr_curves"``: {class name: 101 precisions at recall 0.00, 0.01,
+                ..., 1.00} at IoU 0.50, area "all", max_dets (the precision array's values); classes
+                without ground truth in the evaluated images are left out.
 
         Returns:
             A flat dict of fractions: ``AP, AP50, AP75, APs, APm, APl`` (equal to pycocotools'
@@ -196,7 +196,12 @@ class COCOEvaluator:
         metrics = self._summarize(coco_eval)
         if per_class:
             metrics["per_class"] = self._per_class_ap(coco_eval)
-        logger.debug("COCO metrics: %s", {k: v for k, v in metrics.items() if k != "per_class"})
+        if pr_curves:
+            params = coco_eval.params
+            area_all = list(params.areaRngLbl).index("all")
+            precision = coco_eval.eval["precision"][_index_of(params.iouThrs, 0.5), :, :, area_all, -1]  # (R, K)
+            metrics["pr_curves"] = pr_curves_from_precision(precision, self.class_names)
+        logger.debug("COCO metrics: %s", {k: v for k, v in metrics.items() if not isinstance(v, dict)})
         return metrics
 
     def _summarize(self, coco_eval: COCOeval) -> dict[str, float]:

@@ -34,9 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .ap_common import mean_valid as _mean_valid
+from .ap_common import pr_curves_from_precision
 from .lvis_compat import import_lvis
 from .lvis_fast import (
     FREQUENCY_LABELS,
+    IOU_THRESHOLDS,
     Columnar,
     LvisGroundTruth,
     as_columnar,
@@ -82,11 +85,6 @@ def _lvis_output_to_debug() -> Iterator[None]:
         lvis_logger.propagate = saved[1]
         if buffer.getvalue().strip():
             logger.debug("lvis output:\n%s", buffer.getvalue().strip())
-
-
-def _mean_valid(values: np.ndarray) -> float:
-    valid = values[values > -1]
-    return float(np.mean(valid)) if valid.size else -1.0
 
 
 class LVISEvaluator:
@@ -154,13 +152,14 @@ class LVISEvaluator:
             )
         return columns
 
-    def evaluate(self, results: list[dict] | Columnar, per_class: bool = False) -> dict:
+    def evaluate(self, results: list[dict] | Columnar, per_class: bool = False, pr_curves: bool = False) -> dict:
         """Score detections given as COCO-format dicts (``image_id``, ``category_id``, ``bbox`` xywh,
         ``score``) or as a columnar dict of arrays (``load_results_columnar``'s format).
 
         Returns the flat metrics dict described in the module docstring; ``per_class`` adds
         {class name: AP over IoU 0.50:0.95, area "all"} (None without ground truth) and the classes'
-        frequency groups.
+        frequency groups; ``pr_curves`` adds {class name: 101 precisions at recall 0.00, 0.01, ..., 1.00}
+        at IoU 0.50, area "all", max_dets (classes without ground truth left out).
         """
         columns = self._restrict(results)
         if len(columns["score"]) == 0:
@@ -177,6 +176,9 @@ class LVISEvaluator:
             metrics["per_class_frequency"] = {
                 name: self.category_frequency[cat_id] for name, cat_id in zip(self.class_names, self.cat_ids)
             }
+        if pr_curves:
+            t50 = int(np.flatnonzero(np.isclose(IOU_THRESHOLDS, 0.5))[0])
+            metrics["pr_curves"] = pr_curves_from_precision(precision[t50, :, :, 0], self.class_names)  # area "all"
         logger.debug("LVIS metrics: %s", {k: v for k, v in metrics.items() if not isinstance(v, dict)})
         return metrics
 
