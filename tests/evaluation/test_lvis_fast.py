@@ -16,10 +16,10 @@ import logging
 import numpy as np
 import pytest
 
+from detector.evaluation.box_matching import pair_iou
 from detector.evaluation.lvis_compat import import_lvis
 from detector.evaluation.lvis_fast import (
     LvisGroundTruth,
-    _pair_iou,
     as_columnar,
     cap_detections_per_image,
     evaluate_columnar,
@@ -190,7 +190,7 @@ def test_pair_iou_is_bitwise_pycocotools():
     det[:20] = gt[:20] + np.round(rng.normal(0, 1, (20, 4)), 2)
     reference = mask_utils.iou(det.tolist(), gt.tolist(), [0] * len(gt))  # (60, 40)
     d, g = np.meshgrid(np.arange(len(det)), np.arange(len(gt)), indexing="ij")
-    ours = _pair_iou(det[d.ravel()], gt[g.ravel()]).reshape(reference.shape)
+    ours = pair_iou(det[d.ravel()], gt[g.ravel()]).reshape(reference.shape)
     assert np.array_equal(ours, reference)
 
 
