@@ -5,13 +5,15 @@
 For category j, pos_j counts the anchors assigned to its ground truths and neg_j every other non-ignored
 anchor (as in the EFL paper), summed over the split's images; the network never runs (only the anchors and
 the assigner of the model the config builds). Categories are sorted by training instances; LVIS-format
-annotation files colour them rare / common / frequent.
+annotation files colour them rare / common / frequent. Each image counts once (no repeat-factor sampling):
+the figure describes the dataset under the assigner, as the EFL paper's does for LVIS v1 train.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from detector.analysis.sample_ratio import (annotation_batches, count_samples, format_counts, instances_per_class,
                                             plot_sample_ratio)
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
             if members:
                 ratio = counts.positives[members].sum() / max(counts.negatives[members].sum(), 1)
                 print(f"group {group}: {len(members)} categories, pooled pos/neg {ratio:.2e}")
-    title = f"{cfg.model.type} ({cfg.model.assigner.type} assigner), {args.split}: {split.ann_file}"
+    title = f"{Path(args.config).stem} ({cfg.model.assigner.type} assigner), {args.split}: {split.ann_file}"
     print(f"wrote {plot_sample_ratio(counts, instances, args.out, frequency, title=title)}")
     return 0
 
