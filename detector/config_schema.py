@@ -44,6 +44,9 @@ class AnchorConfig:
     # Exact anchor sizes per level (5 lists of equal length), replacing sizes x scales; e.g. torchvision's
     # RetinaNet rounds them down to integers: [[32, 40, 50], [64, 80, 101], ...]. null: sizes x scales.
     sizes_per_level: Optional[list[list[float]]] = None
+    # Grid step of each level: false, its stride 2^l; true, input size // feature size per axis (torchvision's
+    # AnchorGenerator rule; it differs from 2^l at P6/P7 when the padded input is not a multiple of 128).
+    strides_from_input: bool = False
 
     def __post_init__(self):
         if len(self.sizes) != 5:
@@ -157,6 +160,10 @@ class ModelConfig:
     # gfl builds the Generalized Focal Loss head.
     type: Literal["retinanet", "atss", "gfl"] = "retinanet"
     num_classes: int = 80
+    # A focaldet checkpoint whose model weights initialise the whole detector (fine-tuning, e.g. weights
+    # converted by tools/convert_torchvision.py); entries whose shape differs (another class count) keep
+    # their initialisation. null: random init plus backbone.weights.
+    init_checkpoint: Optional[str] = None
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     neck: NeckConfig = field(default_factory=NeckConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)

@@ -5,6 +5,7 @@ Every choice a config names is looked up in a plain dict below; model classes ta
 
 from __future__ import annotations
 
+import logging
 from functools import partial
 
 from torch import Tensor, nn
@@ -12,6 +13,7 @@ from torch import Tensor, nn
 from detector.assigners import ATSSAssigner, MaxIoUAssigner
 from detector.boxes import DeltaBoxCoder
 from detector.config_schema import ClsLossConfig, Config, ModelConfig
+from detector.engine.checkpoint import CheckpointError, load_model_checkpoint
 from detector.losses import (EqualizedFocalLoss, focal_loss, focal_loss_star, giou_loss, l1_loss,
                              quality_focal_loss, smooth_l1_loss)
 from detector.models.anchors import AnchorGenerator, level_strides
@@ -20,6 +22,8 @@ from detector.models.detector import DenseDetector
 from detector.models.heads.anchor_head import AnchorHead
 from detector.models.heads.gfl_head import GFLHead
 from detector.models.necks.fpn import FPN
+
+logger = logging.getLogger("detector.models")
 
 
 class EqualizedQualityFocalLoss(nn.Module):
@@ -94,9 +98,31 @@ def build_model(cfg: Config | ModelConfig) -> nn.Module:
                               frozen_stages=m.backbone.frozen_stages)
     neck = FPN(backbone.out_channels, out_channels=m.neck.out_channels, p6_from=m.neck.p6_from, norm=m.neck.norm)
     strides = level_strides(3, 7)
-    anchors = AnchorGenerator(strides, m.anchors.sizes, m.anchors.scales, m.anchors.ratios, offset=m.anchors.offset)
+    a = m.anchors
+    anchors = AnchorGenerator(strides, a.sizes, a.scales, a.ratios, offset=a.offset, sizes_per_level=a.sizes_per_level,
+                              strides_from_input=a.strides_from_input)
     if m.type == "gfl":
         head = _gfl_head(m, neck.out_channels, strides)
     else:
         head = _anchor_head(m, neck.out_channels, anchors.num_anchors_per_location, len(strides))
-    return DenseDetector(backbone, neck, head, anchors)
+    model = DenseDetector(backbone, neck, head, anchors)
+    if m.init_checkpoint:
+        load_init_checkpoint(model, m.init_checkpoint)
+    return model
+
+
+def load_init_checkpoint(model: nn.Module, path: str) -> None:
+    """Initialise ``model`` from the model weights of a focaldet checkpoint (``model.init_checkpoint``).
+
+    Every key must match (another architecture is an error naming the keys); entries of another shape,
+    such as the classifier of a checkpoint trained for another class count, keep their initialisation."""
+    result = load_model_checkpoint(model, path, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"model.init_checkpoint {path} does not fit this model: missing keys "
+                              f"{result.missing_keys[:20]}, unexpected keys {result.unexpected_keys[:20]} (another "
+                              "model.type, backbone depth, neck or head?)")
+    if result.shape_mismatches:
+        logger.warning("model.init_checkpoint %s: %d entries of another shape keep their initialisation: %s", path,
+                       len(result.shape_mismatches), ", ".join(key for key, _, _ in result.shape_mismatches))
+    else:
+        logger.info("model initialised from %s", path)

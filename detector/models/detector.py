@@ -21,7 +21,7 @@ class DenseDetector(nn.Module):
     def forward(self, images: Tensor, targets: list[dict] | None = None):
         features = self.neck(self.backbone(images))
         outputs = self.head(features)  # a tuple of per-anchor predictions, head-specific
-        anchors, num_anchors_per_level = self.anchor_generator(features)
+        anchors, num_anchors_per_level = self.anchor_generator(features, (images.shape[-2], images.shape[-1]))
         if self.training:
             if targets is None:
                 raise ValueError("DenseDetector in training mode needs targets (a list of dicts with boxes, labels)")
