@@ -35,28 +35,65 @@ def _norm_layer(norm: str):
     raise ValueError(f"unknown backbone norm {norm!r}; choose frozen_bn, bn, syncbn or gn")
 
 
-def load_backbone_weights(resnet: nn.Module, weights: str) -> None:
-    """Load ImageNet weights into a torchvision ResNet from a torchvision weight name or a local file."""
+def _resnet_weight_enum(weights: str, depth: int | None):
+    """The torchvision weight enum entry a name such as ``ResNet50_Weights.IMAGENET1K_V1`` names."""
+    try:
+        enum = torchvision.models.get_weight(weights)
+    except (ValueError, KeyError, AttributeError) as err:
+        raise ValueError(f"model.backbone.weights: unknown torchvision weight name {weights!r} (e.g. "
+                         f"'ResNet{depth}_Weights.IMAGENET1K_V1')") from err
+    if depth is not None and type(enum).__name__ != f"ResNet{depth}_Weights":
+        raise ValueError(f"model.backbone.weights: {weights!r} are not ResNet-{depth} weights "
+                         f"(model.backbone.depth is {depth}; e.g. 'ResNet{depth}_Weights.IMAGENET1K_V1')")
+    return enum
+
+
+def _fetch_named_weights(enum, weights: str) -> dict:
+    """torchvision's own loader: its cache ($TORCH_HOME/hub/checkpoints) or a download."""
+    try:
+        return enum.get_state_dict(progress=False)
+    except (OSError, RuntimeError) as err:  # no network (URLError is an OSError), a truncated download
+        cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(enum.url))
+        raise ValueError(f"model.backbone.weights: could not load {weights} ({type(err).__name__}: {err}). "
+                         f"torchvision reads it from {cache}, downloading {enum.url} when missing: put the file "
+                         "there, or set model.backbone.weights to a local file") from err
+
+
+def load_backbone_weights(resnet: nn.Module, weights: str, depth: int | None = None) -> None:
+    """Load ImageNet weights into a torchvision ResNet from a torchvision weight name or a local file.
+
+    A local file holds a ResNet state dict (e.g. ``torchvision.models.resnet50(...).state_dict()`` saved with
+    torch.save), possibly under a ``state_dict`` / ``model`` entry or with a ``module.`` prefix; the
+    classifier (``fc.*``) is ignored. Any other mismatch is an error naming the keys."""
     if os.path.exists(weights):
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"model.backbone.weights: {weights} is not a loadable state dict "
+                             f"({type(err).__name__})") from err
         for wrapper in ("state_dict", "model"):
             if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
                 state = state[wrapper]
+        if not isinstance(state, dict):
+            raise ValueError(f"model.backbone.weights: {weights} holds a {type(state).__name__}, not a state dict")
+        if state and all(k.startswith("module.") for k in state):
+            state = {k[len("module."):]: v for k, v in state.items()}
     elif "_Weights." in weights:
-        try:
-            enum = torchvision.models.get_weight(weights)
-        except (ValueError, KeyError, AttributeError) as err:
-            raise ValueError(f"model.backbone.weights: unknown torchvision weight name {weights!r}") from err
-        state = enum.get_state_dict(progress=False)
+        state = _fetch_named_weights(_resnet_weight_enum(weights, depth), weights)
     else:
         raise FileNotFoundError(f"model.backbone.weights: {weights!r} is neither a file nor a torchvision "
                                 "weight name such as 'ResNet50_Weights.IMAGENET1K_V1'")
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = resnet.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise ValueError(f"backbone weights {weights!r} do not match the ResNet: missing keys {missing}, "
-                         f"unexpected keys {unexpected}")
+    state = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    own = {k: v for k, v in resnet.state_dict().items() if not k.startswith("fc.")
+           and not k.endswith("num_batches_tracked")}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: {list(v.shape)} vs {list(own[k].shape)}" for k, v in state.items()
+              if k in own and hasattr(v, "shape") and v.shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise ValueError(f"model.backbone.weights {weights!r} do not match the ResNet: missing keys {missing[:20]}, "
+                         f"unexpected keys {unexpected[:20]}, shape mismatches {shapes[:10]}")
+    resnet.load_state_dict(state, strict=False)
     logger.info("loaded backbone weights from %s", weights)
 
 
@@ -104,7 +141,7 @@ class ResNetBackbone(nn.Module):
             raise ValueError(f"ResNet depth must be one of {sorted(_RESNETS)}, got {depth}")
         resnet = _RESNETS[depth](weights=None, norm_layer=_norm_layer(norm))
         if weights:
-            load_backbone_weights(resnet, weights)
+            load_backbone_weights(resnet, weights, depth)
         if norm == "frozen_bn" and fold_frozen_bn:
             fold_frozen_batchnorm(resnet)
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
