@@ -40,10 +40,11 @@ def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 def build_evaluator(cfg: Config, ann_file: str) -> COCOEvaluator | LVISEvaluator:
-    """COCO (pycocotools) or LVIS evaluator for ``data.val.format``, counting ``model.test.max_dets``."""
+    """COCO or LVIS evaluator for ``data.val.format`` (backend ``evaluation.coco_backend`` /
+    ``evaluation.lvis_backend``), counting ``model.test.max_dets``."""
     if cfg.data.val.format == "lvis":
         return LVISEvaluator(ann_file, max_dets=cfg.model.test.max_dets, backend=cfg.evaluation.lvis_backend)
-    return COCOEvaluator(ann_file, max_dets=cfg.model.test.max_dets)
+    return COCOEvaluator(ann_file, max_dets=cfg.model.test.max_dets, backend=cfg.evaluation.coco_backend)
 
 
 def columns_to_results(columns: dict) -> list[dict]:

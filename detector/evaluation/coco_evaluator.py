@@ -1,4 +1,4 @@
-"""COCO box evaluation with pycocotools' COCOeval.
+"""COCO box evaluation: pycocotools' COCOeval, or ``coco_fast`` (vectorised, the same numbers).
 
 ``COCOEvaluator.evaluate(results, per_class=False) -> dict`` is the shape every evaluator in this package
 follows (an LVIS evaluator returns the same flat dict plus APr/APc/APf), so ``tools/eval.py`` and the
@@ -18,6 +18,12 @@ What this wrapper adds to pycocotools:
 
 Metric values are fractions in [0, 1] as pycocotools reports them; -1.0 means "no ground truth in this
 area range" (pycocotools' convention).
+
+Backends (``backend=``, config key ``evaluation.coco_backend``): ``"pycocotools"`` runs ``COCOeval``;
+``"fast"`` runs ``coco_fast.evaluate_coco`` on numpy arrays, whose precision/recall arrays equal
+``COCOeval``'s bit for bit (tests compare them on many random files with crowds, ties and empty images),
+many times faster.  Both summarise the arrays with the same code, and the fast one also takes columnar
+results (``load_results_columnar``'s dict of arrays).
 """
 
 from __future__ import annotations
@@ -37,8 +43,13 @@ from pycocotools.cocoeval import COCOeval
 
 from .ap_common import mean_valid as _mean_valid
 from .ap_common import pr_curves_from_precision
+from .coco_fast import CocoGroundTruth, evaluate_coco, summarize_coco
+from .box_matching import IOU_THRESHOLDS
+from .lvis_fast import Columnar, as_columnar
 
 __all__ = ["COCOEvaluator"]
+
+BACKENDS = ("fast", "pycocotools")
 
 logger = logging.getLogger(__name__)
 
@@ -57,12 +68,7 @@ def _run_quietly(fn: Callable[..., _T], *args: object) -> _T:
             logger.debug("pycocotools output:\n%s", text)
 
 
-def _index_of(thresholds: np.ndarray, value: float) -> int:
-    """Index of ``value`` in ``thresholds`` (a float grid from np.linspace)."""
-    matches = np.flatnonzero(np.isclose(thresholds, value))
-    if matches.size != 1:
-        raise ValueError(f"threshold {value} not found in {thresholds.tolist()}")
-    return int(matches[0])
+_IOU_50 = int(np.flatnonzero(np.isclose(IOU_THRESHOLDS, 0.5))[0])  # area "all" is index 0 (AREA_LABELS)
 
 
 class COCOEvaluator:
@@ -73,6 +79,7 @@ class COCOEvaluator:
         max_dets: detections per image that count (top-scoring first); 100 for COCO.
         image_ids: evaluate on these images only (e.g. a subset that was inferred); default all images
             of the annotation file.
+        backend: ``"pycocotools"`` (COCOeval) or ``"fast"`` (``coco_fast``, identical numbers).
 
     Use ``COCOEvaluator.from_coco(coco, ...)`` to reuse an already-loaded ``pycocotools.coco.COCO``.
     """
@@ -82,12 +89,13 @@ class COCOEvaluator:
         ann_file: str | os.PathLike,
         max_dets: int = 100,
         image_ids: Iterable[int] | None = None,
+        backend: str = "pycocotools",
     ) -> None:
         ann_file = Path(ann_file)
         if not ann_file.is_file():
             raise FileNotFoundError(f"annotation file {ann_file} does not exist")
         coco_gt = _run_quietly(COCO, str(ann_file))
-        self._setup(coco_gt, max_dets=max_dets, image_ids=image_ids)
+        self._setup(coco_gt, max_dets=max_dets, image_ids=image_ids, backend=backend)
 
     @classmethod
     def from_coco(
@@ -95,13 +103,18 @@ class COCOEvaluator:
         coco: COCO,
         max_dets: int = 100,
         image_ids: Iterable[int] | None = None,
+        backend: str = "pycocotools",
     ) -> COCOEvaluator:
         """Build an evaluator around an already-loaded pycocotools ``COCO`` ground truth."""
         evaluator = cls.__new__(cls)
-        evaluator._setup(coco, max_dets=max_dets, image_ids=image_ids)
+        evaluator._setup(coco, max_dets=max_dets, image_ids=image_ids, backend=backend)
         return evaluator
 
-    def _setup(self, coco_gt: COCO, max_dets: int, image_ids: Iterable[int] | None) -> None:
+    def _setup(self, coco_gt: COCO, max_dets: int, image_ids: Iterable[int] | None, backend: str) -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        self.backend = backend
+        self._fast_gt: CocoGroundTruth | None = None
         if int(max_dets) != max_dets or max_dets < 1:
             raise ValueError(f"max_dets must be a positive integer, got {max_dets!r}")
         self.coco_gt = coco_gt
@@ -129,33 +142,25 @@ class COCOEvaluator:
             for name, cat_id in zip(names, self.cat_ids)
         ]
 
-    def _restrict(self, results: list[dict]) -> list[dict]:
-        """Keep results on evaluated images and known categories (copies: loadRes mutates its input)."""
-        image_ids, cat_ids = set(self.image_ids), set(self.cat_ids)
-        try:
-            kept = [
-                dict(result)
-                for result in results
-                if result["image_id"] in image_ids and result["category_id"] in cat_ids
-            ]
-        except (KeyError, TypeError) as error:
-            raise ValueError(
-                "every result must be a dict with image_id, category_id, bbox and score"
-            ) from error
-        num_dropped = len(results) - len(kept)
-        if num_dropped:
+    def _restrict(self, results: list[dict] | Columnar) -> Columnar:
+        """Columnar results on evaluated images and known categories (others dropped with a warning)."""
+        columns = as_columnar(results)
+        kept = np.isin(columns["image_id"], self.image_ids) & np.isin(columns["category_id"], self.cat_ids)
+        if not kept.all():
             logger.warning(
                 "dropped %d of %d detections whose image is not evaluated or whose category is unknown",
-                num_dropped,
-                len(results),
+                int((~kept).sum()),
+                len(kept),
             )
-        return kept
+            columns = {key: value[kept] for key, value in columns.items()}
+        return columns
 
-    def _detections_to_coco(self, results: list[dict]) -> COCO:
-        """A pycocotools COCO object holding the detections (also for an empty list)."""
-        if results:
+    def _detections_to_coco(self, columns: Columnar) -> COCO:
+        """A pycocotools COCO object holding the detections (also for none: loadRes fails on [])."""
+        if len(columns["score"]):
+            keys = ("image_id", "category_id", "bbox", "score")
+            results = [dict(zip(keys, row)) for row in zip(*(columns[key].tolist() for key in keys))]
             return _run_quietly(self.coco_gt.loadRes, results)
-        # loadRes indexes results[0], so build "no detections" by hand.
         coco_dt = COCO()
         coco_dt.dataset = {
             "images": list(self.coco_gt.dataset["images"]),
@@ -165,11 +170,26 @@ class COCOEvaluator:
         _run_quietly(coco_dt.createIndex)
         return coco_dt
 
-    def evaluate(self, results: list[dict], per_class: bool = False, pr_curves: bool = False) -> dict:
+    def _run_pycocotools(self, columns: Columnar) -> tuple[np.ndarray, np.ndarray]:
+        coco_eval = COCOeval(self.coco_gt, self._detections_to_coco(columns), iouType="bbox")
+        coco_eval.params.imgIds = self.image_ids
+        coco_eval.params.catIds = self.cat_ids
+        coco_eval.params.maxDets = self.max_dets_thresholds
+        _run_quietly(coco_eval.evaluate)
+        _run_quietly(coco_eval.accumulate)
+        return coco_eval.eval["precision"], coco_eval.eval["recall"]
+
+    def _run_fast(self, columns: Columnar) -> tuple[np.ndarray, np.ndarray]:
+        if self._fast_gt is None:
+            self._fast_gt = CocoGroundTruth.from_dataset(self.coco_gt.dataset, self.image_ids, self.cat_ids)
+        return evaluate_coco(self._fast_gt, columns, tuple(self.max_dets_thresholds))
+
+    def evaluate(self, results: list[dict] | Columnar, per_class: bool = False, pr_curves: bool = False) -> dict:
         """Score COCO-format results.
 
         Args:
-            results: COCO result dicts (``image_id``, ``category_id``, ``bbox`` xywh, ``score``).
+            results: COCO result dicts (``image_id``, ``category_id``, ``bbox`` xywh, ``score``) or a
+                columnar dict of arrays (``load_results_columnar``'s format).
             per_class: also return ``"per_class"``: {class name: AP}.
             pr_curves: also return ``"pr_curves"``: {class name: 101 precisions at recall 0.00, 0.01,
                 ..., 1.00} at IoU 0.50, area "all", max_dets (the precision array's values); classes
@@ -183,59 +203,24 @@ class COCOEvaluator:
             A class without ground truth in the evaluated images has no AP: its value is ``None``
             (JSON null). -1.0 marks an area range without ground truth, as in pycocotools.
         """
-        results = self._restrict(results)
-        if not results:
+        columns = self._restrict(results)
+        if not len(columns["score"]):
             logger.warning("no detections to evaluate: every AP and AR with ground truth is 0")
-        coco_eval = COCOeval(self.coco_gt, self._detections_to_coco(results), iouType="bbox")
-        coco_eval.params.imgIds = self.image_ids
-        coco_eval.params.catIds = self.cat_ids
-        coco_eval.params.maxDets = self.max_dets_thresholds
-        _run_quietly(coco_eval.evaluate)
-        _run_quietly(coco_eval.accumulate)
+        run = self._run_fast if self.backend == "fast" else self._run_pycocotools
+        precision, recall = run(columns)  # (T, R, K, A, M), (T, K, A, M)
 
-        metrics = self._summarize(coco_eval)
+        metrics = summarize_coco(precision, recall, self.max_dets_thresholds)
         if per_class:
-            metrics["per_class"] = self._per_class_ap(coco_eval)
+            metrics["per_class"] = self._per_class_ap(precision)
         if pr_curves:
-            params = coco_eval.params
-            area_all = list(params.areaRngLbl).index("all")
-            precision = coco_eval.eval["precision"][_index_of(params.iouThrs, 0.5), :, :, area_all, -1]  # (R, K)
-            metrics["pr_curves"] = pr_curves_from_precision(precision, self.class_names)
+            metrics["pr_curves"] = pr_curves_from_precision(precision[_IOU_50, :, :, 0, -1], self.class_names)
         logger.debug("COCO metrics: %s", {k: v for k, v in metrics.items() if not isinstance(v, dict)})
         return metrics
 
-    def _summarize(self, coco_eval: COCOeval) -> dict[str, float]:
-        """Headline AP/AR numbers, averaged exactly as ``COCOeval.summarize`` does."""
-        params = coco_eval.params
-        precision = coco_eval.eval["precision"]  # (T iou, R recall, K class, A area, M max dets)
-        recall = coco_eval.eval["recall"]  # (T, K, A, M)
-        area = {label: index for index, label in enumerate(params.areaRngLbl)}
-        top = len(params.maxDets) - 1  # index of max_dets
-        iou_50 = _index_of(params.iouThrs, 0.5)
-        iou_75 = _index_of(params.iouThrs, 0.75)
-
-        metrics = {
-            "AP": _mean_valid(precision[:, :, :, area["all"], top]),
-            "AP50": _mean_valid(precision[iou_50, :, :, area["all"], top]),
-            "AP75": _mean_valid(precision[iou_75, :, :, area["all"], top]),
-            "APs": _mean_valid(precision[:, :, :, area["small"], top]),
-            "APm": _mean_valid(precision[:, :, :, area["medium"], top]),
-            "APl": _mean_valid(precision[:, :, :, area["large"], top]),
-        }
-        for index, max_dets in enumerate(params.maxDets):
-            metrics[f"AR{max_dets}"] = _mean_valid(recall[:, :, area["all"], index])
-        metrics["ARs"] = _mean_valid(recall[:, :, area["small"], top])
-        metrics["ARm"] = _mean_valid(recall[:, :, area["medium"], top])
-        metrics["ARl"] = _mean_valid(recall[:, :, area["large"], top])
-        return metrics
-
-    def _per_class_ap(self, coco_eval: COCOeval) -> dict[str, float | None]:
-        """{class name: AP} from the precision array; None for classes without ground truth."""
-        precision = coco_eval.eval["precision"]  # (T, R, K, A, M)
-        area_all = list(coco_eval.params.areaRngLbl).index("all")
-        top = len(coco_eval.params.maxDets) - 1
+    def _per_class_ap(self, precision: np.ndarray) -> dict[str, float | None]:
+        """{class name: AP} from the precision array (area "all", max_dets); None without ground truth."""
         per_class: dict[str, float | None] = {}
         for class_index, name in enumerate(self.class_names):
-            ap = _mean_valid(precision[:, :, class_index, area_all, top])
+            ap = _mean_valid(precision[:, :, class_index, 0, -1])
             per_class[name] = None if ap < 0 else ap
         return per_class
