@@ -21,6 +21,7 @@ from detector.data.build import build_val_loader
 from detector.engine.distributed import barrier, get_rank, get_world_size, is_main_process
 from detector.evaluation import (COCOEvaluator, LVISEvaluator, gather_results, merge_result_shards, run_inference,
                                  save_results, write_results_shard)
+from detector.visualization.detections import draw_first_images
 
 logger = logging.getLogger("detector.engine")
 
@@ -67,11 +68,14 @@ def gather_lvis_shards(results: list[dict], shard_dir: Path) -> dict | None:
 
 
 def evaluate_model(cfg: Config, model: nn.Module, device: torch.device, results_out: str | None = None,
-                   per_class: bool = False, progress: bool = True, shard_dir: str | Path | None = None) -> dict:
+                   per_class: bool = False, progress: bool = True, shard_dir: str | Path | None = None,
+                   pr_curves: bool = False, keep_images: int = 0) -> dict:
     """Run inference over the val set on every process and score it on the main process.
 
     Returns the metrics dict on the main process (an empty dict elsewhere). ``shard_dir`` (a folder every
-    process can write) is needed for LVIS with several processes.
+    process can write) is needed for LVIS with several processes. ``pr_curves`` adds the evaluator's
+    per-class precision-recall curves (``"pr_curves"``); ``keep_images`` > 0 adds the first that many val
+    images drawn with their ground truth and detections (``"images"``: ``{"image_<id>": uint8 (3, H, W)}``).
     """
     loader = build_val_loader(cfg, rank=get_rank(), world_size=get_world_size())
     was_training = model.training
@@ -93,4 +97,9 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device, results_
     if results_out:
         save_results(results_out, results)
         logger.info("wrote %d detections to %s", len(results), results_out)
-    return build_evaluator(cfg, loader.dataset.ann_file).evaluate(results, per_class=per_class)
+    images = draw_first_images(loader.dataset, results, keep_images) if keep_images else None
+    extra = {"pr_curves": True} if pr_curves else {}
+    metrics = build_evaluator(cfg, loader.dataset.ann_file).evaluate(results, per_class=per_class, **extra)
+    if images is not None:
+        metrics["images"] = images
+    return metrics

@@ -1,4 +1,4 @@
-"""Training metrics: TensorBoard scalars + a ``metrics.jsonl`` file, and windowed meters for the progress bar.
+"""Training metrics: TensorBoard scalars, images and PR curves + a ``metrics.jsonl`` file, and windowed meters.
 
 ``metrics.jsonl`` holds one JSON object per :meth:`MetricsLogger.log` call, e.g.
 ``{"iter": 20, "train/loss_cls": 1.13, "train/loss_bbox": 0.52, "train/lr": 0.00401}``. Each line is written
@@ -18,10 +18,11 @@ import math
 import os
 import statistics
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from detector.engine.distributed import is_main_process
@@ -101,6 +102,39 @@ class MetricsLogger:
                 if name != "iter" and not isinstance(value, str):
                     self._writer.add_scalar(name, value, global_step=int(step))
             self._writer.flush()
+
+    @property
+    def has_tensorboard(self) -> bool:
+        """Whether TensorBoard event files are written (main process, ``tensorboard`` installed)."""
+        return self._writer is not None
+
+    def log_images(self, step: int, images: Mapping[str, torch.Tensor], prefix: str = "val_images") -> None:
+        """Add uint8 RGB images (3, H, W) to TensorBoard as ``f"{prefix}/{name}"`` (no-op without TensorBoard)."""
+        if self._writer is None or not images:
+            return
+        for name, image in images.items():
+            self._writer.add_image(f"{prefix}/{name}", image, global_step=int(step), dataformats="CHW")
+        self._writer.flush()
+
+    def log_pr_curves(self, step: int, curves: Mapping[str, Sequence[float] | None], prefix: str = "val_pr") -> None:
+        """Add precision-recall curves to TensorBoard as ``f"{prefix}/{name}"`` (no-op without TensorBoard).
+
+        Each curve lists the precision at evenly spaced recall points ``0, 1/(R-1), ..., 1`` (COCO's 101
+        points). It goes through ``add_pr_curve_raw``, whose TP / FP / TN / FN count rows are zeros: COCO's
+        interpolated curve has no counts per point. A curve that is None or holds a negative value (COCO's -1:
+        a class without ground truth) is skipped.
+        """
+        if self._writer is None or not curves:
+            return
+        for name, precision in curves.items():
+            if precision is None or len(precision) < 2 or min(precision) < 0:
+                continue
+            precision_np = np.asarray(precision, dtype=np.float64)  # (R,)
+            zeros = np.zeros(len(precision_np), dtype=np.int64)  # (R,)
+            self._writer.add_pr_curve_raw(f"{prefix}/{name}", zeros, zeros, zeros, zeros, precision_np,
+                                          np.linspace(0.0, 1.0, len(precision_np)), global_step=int(step),
+                                          num_thresholds=len(precision_np))
+        self._writer.flush()
 
     def close(self) -> None:
         """Flush and close the outputs (idempotent)."""
