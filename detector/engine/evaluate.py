@@ -98,8 +98,8 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device, results_
         save_results(results_out, results)
         logger.info("wrote %d detections to %s", len(results), results_out)
     images = draw_first_images(loader.dataset, results, keep_images) if keep_images else None
-    extra = {"pr_curves": True} if pr_curves else {}
-    metrics = build_evaluator(cfg, loader.dataset.ann_file).evaluate(results, per_class=per_class, **extra)
+    metrics = build_evaluator(cfg, loader.dataset.ann_file).evaluate(results, per_class=per_class,
+                                                                     pr_curves=pr_curves)
     if images is not None:
         metrics["images"] = images
     return metrics

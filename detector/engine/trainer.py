@@ -3,7 +3,8 @@
 One call, ``train(cfg, work_dir, resume)``, does the whole run:
   data -> model (DDP when launched by torchrun) -> SGD + warm-up multi-step schedule -> loop
   (AMP, gradient clipping, non-finite steps skipped) -> logging (tqdm, TensorBoard, metrics.jsonl)
-  -> checkpoints (last.pt + every N iterations) -> evaluation (every N iterations and at the end).
+  -> checkpoints (last.pt + every N iterations) -> evaluation (every N iterations and at the end; TensorBoard
+  images of the first val images' detections and per-class PR curves).
 
 The schedule is counted in iterations. With ``schedule.epochs`` the length and ``schedule.steps`` are
 converted with the sampler's batches per epoch; ``schedule.max_iters`` caps the iterations actually run
@@ -439,10 +440,15 @@ class Trainer:
         raise TrainingInterrupted(signum, self.iteration, self.last_checkpoint)
 
     def evaluate(self) -> dict:
+        tensorboard, ev = self.metrics_log.has_tensorboard, self.cfg.evaluation  # rank 0 only
         metrics = evaluate_model(self.cfg, unwrap_model(self.model), self.device, progress=self.progress,
-                                 shard_dir=self.work_dir / "eval_shards")
+                                 shard_dir=self.work_dir / "eval_shards",
+                                 pr_curves=tensorboard and ev.tensorboard_pr_curves,
+                                 keep_images=ev.tensorboard_images if tensorboard else 0)
         self.model.train()
-        if is_main_process():
+        if is_main_process():  # detections drawn on the first val images and per-class PR curves
+            self.metrics_log.log_images(self.iteration, metrics.pop("images", {}))
+            self.metrics_log.log_pr_curves(self.iteration, metrics.pop("pr_curves", {}))
             self.metrics_log.log(self.iteration, {k: v for k, v in metrics.items() if isinstance(v, float)},
                                  prefix="val")
             logger.info("iteration %d: %s", self.iteration,
