@@ -71,11 +71,14 @@ def plot_metrics(runs: Sequence[Run], out: str | os.PathLike) -> Path:
             loss_axes.plot(*run.series[key], color=colour, lw=1.2, ls=LINE_STYLES[t % len(LINE_STYLES)],
                            label=f"{run.name}: {key.split('/', 1)[1]}")
         if "train/lr" in run.series:
-            lr_axes.plot(*run.series["train/lr"], color=colour, lw=1.5, label=run.name)
+            lr_axes.plot(*run.series["train/lr"], color=colour, lw=1.5, label=run.name)  # as logged (sampled)
         if has_val:
             for v, name in enumerate(k for k in VAL_KEYS if f"val/{k}" in run.series):
-                axes[2].plot(*run.series[f"val/{name}"], color=colour, marker="os^vD<"[v % 6], ms=5, lw=1,
+                iters, values = run.series[f"val/{name}"]
+                axes[2].plot(iters, values, color=colour, marker="os^vD<"[v % 6], ms=5, lw=1,
                              label=f"{run.name}: {name}")
+                axes[2].annotate(f"{values[-1]:.3f}", (iters[-1], values[-1]), textcoords="offset points",
+                                 xytext=(-4, 4), ha="right", fontsize=7, color=colour)
     loss_axes.set_title("training losses")
     loss_axes.set_yscale("log")
     lr_axes.set_title("learning rate")
@@ -86,4 +89,6 @@ def plot_metrics(runs: Sequence[Run], out: str | os.PathLike) -> Path:
     if has_val:
         axes[2].set_title("evaluation")
         axes[2].set_ylabel("AP")
+        axes[2].set_ylim(0, 1)
+        axes[2].set_xlim(*loss_axes.get_xlim())  # one iteration axis for all panels
     return save_png(figure, out)
