@@ -33,7 +33,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out-dir", required=True, help="folder for the PNGs (created)")
     parser.add_argument("--split", choices=("train", "val"), default="train",
                         help="train: the training loader with its augmentation (default); val: the val loader")
-    parser.add_argument("--max-images", type=int, default=16, help="at most this many images (default 16)")
+    parser.add_argument("--max-images", type=int, default=16,
+                        help="at most this many images, from the first epoch (default 16)")
     parser.add_argument("--scale", type=int, default=1, help="enlarge the images this many times (default 1)")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args(argv)

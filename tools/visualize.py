@@ -44,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--score-thr", type=float, default=DEFAULT_SCORE_THR,
                         help=f"draw detections scoring at least this (default {DEFAULT_SCORE_THR})")
     parser.add_argument("--max-images", type=int, default=16, help="at most this many images (default 16)")
-    parser.add_argument("--image-ids", type=int, nargs="+", help="draw these val image ids (default: the first ones)")
+    parser.add_argument("--image-ids", type=int, nargs="+",
+                        help="draw these val image ids (default: the first --max-images images)")
     parser.add_argument("--scale", type=int, default=1, help="enlarge the images this many times (default 1)")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
     args = parser.parse_args(argv)
@@ -84,6 +85,8 @@ def run(args: argparse.Namespace, cfg) -> list[Path]:
     else:
         results = model_results(cfg, args.config, args.checkpoint, dataset, indices)
     detections = detections_by_image(results, dataset.cat_id_to_label, [dataset.image_ids[i] for i in indices])
+    if not detections:
+        logger.warning("no detections on the %d chosen images: only the ground truth is drawn", len(indices))
     written = []
     for index in indices:
         panel = draw_image(dataset, index, detections, score_thr=args.score_thr, scale=args.scale)

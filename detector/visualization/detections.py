@@ -40,8 +40,9 @@ def select_indices(dataset: DetectionDataset, image_ids: Sequence[int] | None = 
         index_of = {image_id: index for index, image_id in enumerate(dataset.image_ids)}
         unknown = [image_id for image_id in image_ids if image_id not in index_of]
         if unknown:
+            known = f"ids {min(index_of)}..{max(index_of)}" if index_of else "no ids"
             raise ValueError(f"image id(s) {', '.join(map(str, unknown))} not in {dataset.ann_file} "
-                             f"({len(index_of)} images, ids {min(index_of, default='-')}..{max(index_of, default='-')})")
+                             f"({len(index_of)} images, {known})")
         indices = [index_of[image_id] for image_id in dict.fromkeys(image_ids)]  # de-duplicated, order kept
     else:
         indices = list(range(len(dataset)))
