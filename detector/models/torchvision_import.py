@@ -107,7 +107,13 @@ def load_torchvision_weights(source: str) -> tuple[dict[str, Tensor], str | None
         weights = torchvision.models.get_weight(source)
     except (ValueError, KeyError, AttributeError) as err:
         raise ConversionError(f"unknown torchvision weight name {source!r}") from err
-    return weights.get_state_dict(progress=True), WEIGHT_ENUMS[enum_name]
+    try:
+        return weights.get_state_dict(progress=True), WEIGHT_ENUMS[enum_name]
+    except (OSError, RuntimeError) as err:  # no network (URLError is an OSError), a truncated download
+        cache = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(weights.url))
+        raise ConversionError(f"could not load {source} ({type(err).__name__}: {err}); torchvision reads it from "
+                              f"{cache}, downloading {weights.url} when missing: put the file there, or pass the "
+                              "downloaded file instead of --weights") from err
 
 
 def upgrade_legacy_keys(state: dict[str, Tensor]) -> dict[str, Tensor]:
