@@ -20,7 +20,8 @@ ground truths; anchors are assigned exactly as in training (the model's own assi
     keeps one sample per background window instead (its highest logit, the class most likely to be a false
     positive). The non-ground-truth classes of positive anchors are left out in both modes: they are neither
     positive nor background windows.
-  - ``max_negatives`` (10^7 by default, the paper's count) caps the negatives by a seeded uniform subsample.
+  - ``max_negatives`` (10^7 by default, the paper's count) caps the negatives by a seeded uniform subsample
+    drawn while streaming, so memory stays bounded on a large val set.
 
 With p = sigmoid(x) and p_t = p for positives, 1 - p for negatives, each sample's loss at gamma is
 FL = -(1 - p_t)^gamma log(p_t) (no alpha: a constant per population, it cancels in the normalisation),
@@ -87,14 +88,49 @@ def split_logits(pred_logits: Tensor, assigned: Tensor, gt_labels: Tensor,
     return pos_logits.float(), neg_logits.float()
 
 
+class StreamSubsample:
+    """A uniform random sample without replacement of at most ``capacity`` values from a stream of chunks.
+
+    Every value gets an independent uniform key; the values with the ``capacity`` smallest keys are kept
+    (bottom-k sampling), so every subset of that size is equally likely and memory stays O(capacity +
+    chunk) however many images are scanned. ``capacity=None`` keeps everything.
+    """
+
+    def __init__(self, capacity: int | None, seed: int = 0):
+        if capacity is not None and capacity < 1:
+            raise ValueError(f"capacity must be >= 1 or None, got {capacity}")
+        self.capacity = capacity
+        self.generator = torch.Generator().manual_seed(seed)
+        self.values: list[Tensor] = []
+        self.keys = torch.zeros(0)
+        self.num_seen = 0
+
+    def add(self, chunk: Tensor) -> None:
+        chunk = chunk.reshape(-1)
+        self.num_seen += chunk.numel()
+        self.values.append(chunk)
+        if self.capacity is None:
+            return
+        self.keys = torch.cat([self.keys, torch.rand(chunk.numel(), generator=self.generator)])
+        if self.keys.numel() > self.capacity:
+            kept = self.keys.topk(self.capacity, largest=False, sorted=False).indices
+            self.values, self.keys = [torch.cat(self.values)[kept]], self.keys[kept]
+
+    def result(self) -> Tensor:
+        return torch.cat(self.values) if self.values else torch.zeros(0)
+
+
 @torch.no_grad()
 def collect_classification_logits(model: nn.Module, batches: Iterable[tuple[Tensor, list[dict]]],
                                   device: torch.device, max_images: int | None = None,
                                   negatives: str = "all_classes", max_negatives: int | None = 10**7,
                                   seed: int = 0) -> ClassificationSamples:
-    """Run ``model`` (eval mode) over ``(images, targets)`` batches and gather positive / negative logits."""
+    """Run ``model`` (eval mode) over ``(images, targets)`` batches and gather positive / negative logits.
+
+    Negatives beyond ``max_negatives`` are subsampled uniformly as they stream in (:class:`StreamSubsample`).
+    """
     model.eval()
-    positives, negatives_list, num_images = [], [], 0
+    positives, negative_sample, num_images = [], StreamSubsample(max_negatives, seed), 0
     for images, targets in batches:
         if max_images is not None and num_images >= max_images:
             break
@@ -106,16 +142,12 @@ def collect_classification_logits(model: nn.Module, batches: Iterable[tuple[Tens
         gt, assigned = assign_targets(model.head.assigner, anchors, num_anchors_per_level, targets)
         pos, neg = split_logits(outputs[0], assigned, gt.labels, negatives)
         positives.append(pos.cpu())
-        negatives_list.append(neg.cpu())
+        negative_sample.add(neg.cpu())
         num_images += len(targets)
     if num_images == 0:
         raise ValueError("no images to analyse (empty dataset or max_images = 0)")
-    negative_logits = torch.cat(negatives_list)
-    total = negative_logits.numel()
-    if max_negatives is not None and total > max_negatives:
-        generator = torch.Generator().manual_seed(seed)
-        negative_logits = negative_logits[torch.randperm(total, generator=generator)[:max_negatives]]
-    return ClassificationSamples(torch.cat(positives), negative_logits, num_images, total)
+    return ClassificationSamples(torch.cat(positives), negative_sample.result(), num_images,
+                                 negative_sample.num_seen)
 
 
 def focal_losses(logits: Tensor, positive: bool, gamma: float) -> np.ndarray:
@@ -223,6 +255,6 @@ def num_samples_text(samples: ClassificationSamples) -> str:
             f"{samples.negative_logits.numel():,} negatives{sub}")
 
 
-__all__ = ["ClassificationSamples", "Reading", "collect_classification_logits", "cumulative_loss_curve",
-           "dense_outputs", "focal_losses", "format_readings", "hardest_loss_share", "loss_distribution_readings",
-           "num_samples_text", "plot_loss_distribution", "split_logits"]
+__all__ = ["ClassificationSamples", "Reading", "StreamSubsample", "collect_classification_logits",
+           "cumulative_loss_curve", "dense_outputs", "focal_losses", "format_readings", "hardest_loss_share",
+           "loss_distribution_readings", "num_samples_text", "plot_loss_distribution", "split_logits"]

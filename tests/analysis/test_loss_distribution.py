@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from detector.analysis.loss_distribution import (ClassificationSamples, cumulative_loss_curve, focal_losses,
-                                                 hardest_loss_share, loss_distribution_readings, split_logits)
+from detector.analysis.loss_distribution import (ClassificationSamples, StreamSubsample, cumulative_loss_curve,
+                                                 focal_losses, hardest_loss_share, loss_distribution_readings,
+                                                 split_logits)
 
 
 def test_hardest_share_hand_arrays():
@@ -66,3 +67,19 @@ def test_gamma_concentrates_negative_loss():
     assert readings[1].negative_share > readings[0].negative_share
     assert readings[1].negative_share > 0.95
     assert set(curves) == {0.0, 2.0}
+
+
+def test_stream_subsample_is_uniform_without_replacement():
+    sampler = StreamSubsample(capacity=2000, seed=0)
+    for start in range(0, 20000, 3000):  # chunks of 3000, the last one shorter
+        sampler.add(torch.arange(start, min(start + 3000, 20000), dtype=torch.float32))
+    values = sampler.result()
+    assert sampler.num_seen == 20000 and values.numel() == 2000
+    assert values.unique().numel() == 2000 and values.min() >= 0 and values.max() < 20000
+    # every tenth of the stream is represented about equally (binomial sd ~13 around 200)
+    counts = torch.bincount((values // 2000).long(), minlength=10)
+    assert counts.min() > 140 and counts.max() < 260
+    everything = StreamSubsample(capacity=None)
+    everything.add(torch.ones(5))
+    everything.add(torch.zeros(3))
+    assert everything.result().tolist() == [1.0] * 5 + [0.0] * 3

@@ -66,12 +66,13 @@ def test_plot_loss_distribution(tiny, capsys):
     out = tiny["tmp"] / "fig4.png"
     config, checkpoint = tiny["checkpoints"]["quickstart"]
     code = load_tool("plot_loss_distribution").main([config, checkpoint, "--out", str(out), "--max-images", "4",
-                                                     "--gammas", "0", "2", "--opts", *tiny["opts"]])
+                                                     "--gammas", "0", "2", "--max-negatives", "5000",
+                                                     "--opts", *tiny["opts"]])
     captured = capsys.readouterr()
     printed = captured.out
     assert code == 0, captured.err
     assert_png(out)
-    assert "4 images:" in printed
+    assert re.search(r"4 images: \d+ positives, 5,000 negatives \(a seeded sample of [\d,]+\)", printed)
     rows = [line.split() for line in printed.splitlines() if re.match(r"^\s+[02]\s+\d", line)]
     assert [row[0] for row in rows] == ["0", "2"]
     assert all(0 < float(row[1]) <= 100 and 0 < float(row[3]) <= 100 for row in rows)
