@@ -1,8 +1,8 @@
 """Convert torchvision's COCO-trained RetinaNet R50-FPN (v1 or v2) into a focaldet checkpoint and config.
 
-    python tools/convert_torchvision.py retinanet_resnet50_fpn_coco-eeacb38b.pth --out work_dirs/tv_retinanet/model.pt
+    python tools/convert_torchvision.py retinanet_resnet50_fpn_coco-eeacb38b.pth --out work_dirs/tv_v1/model.pt
     python tools/convert_torchvision.py --weights RetinaNet_ResNet50_FPN_Weights.COCO_V1 --out work_dirs/tv_v1/model.pt
-    python tools/convert_torchvision.py --weights RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1 --out work_dirs/tv_v2/model.pt
+    python tools/convert_torchvision.py --weights RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1 --out work_dirs/tv_v2/m.pt
 
 Writes the checkpoint and, next to it, the matching config (same name, .yaml). Then:
 
