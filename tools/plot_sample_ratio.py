@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         batches = annotation_batches(dataset, min_size, max_size, data.size_divisor, data.batch_size,
                                      args.max_images)
         counts = count_samples(model.anchor_generator, model.head.assigner, batches, dataset.num_classes)
-        instances = instances_per_class(dataset, dataset.num_classes)
+        instances = instances_per_class(dataset, dataset.num_classes, args.max_images)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -113,10 +113,10 @@ def count_samples(anchor_generator, assigner, batches, num_classes: int,
     return SampleCounts(pos_total.numpy(), neg_total.numpy(), num_images)
 
 
-def instances_per_class(dataset, num_classes: int) -> np.ndarray:
-    """(K,) number of (non-crowd) ground-truth boxes of each class in the dataset."""
+def instances_per_class(dataset, num_classes: int, max_images: int | None = None) -> np.ndarray:
+    """(K,) number of (non-crowd) ground-truth boxes of each class in the first ``max_images`` images."""
     counts = np.zeros(num_classes, dtype=np.int64)
-    for index in range(len(dataset)):
+    for index in range(len(dataset) if max_images is None else min(len(dataset), max_images)):
         counts += np.bincount(dataset.get_target(index)["labels"].numpy(), minlength=num_classes)[:num_classes]
     return counts
 
