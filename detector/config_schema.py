@@ -234,7 +234,7 @@ class EvaluationConfig:
     # LVIS: "fast" (focaldet's vectorised evaluator, identical numbers) or "lvis-api" (the lvis package).
     lvis_backend: Literal["fast", "lvis-api"] = "fast"
     # COCO: "pycocotools" (the official COCOeval) or "fast" (focaldet's vectorised evaluator, same numbers).
-    coco_backend: Literal["fast", "pycocotools"] = "pycocotools"
+    coco_backend: Literal["fast", "pycocotools"] = "fast"
     # TensorBoard at each evaluation: detections drawn on this many val images (0: none) and per-class
     # precision-recall curves (rank 0 only).
     tensorboard_images: int = 4

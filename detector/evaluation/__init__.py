@@ -4,11 +4,12 @@ Flow (``tools/eval.py`` and the trainer): ``run_inference`` -> ``gather_results`
 ``save_results`` / ``load_results`` -> ``evaluator.evaluate(results, per_class=...)`` ->
 ``format_metrics_table`` / ``write_metrics_json``.
 
-Every evaluator exposes the same ``evaluate(results: list[dict], per_class: bool = False) -> dict``
-returning a flat dict of fractions (AP, AP50, AP75, APs, APm, APl, ...; plus a ``"per_class"`` dict when
-asked), with ``image_ids`` and ``cat_ids`` attributes for ``load_results`` validation:
-``COCOEvaluator`` (pycocotools) and ``LVISEvaluator`` (adds APr/APc/APf; a vectorised backend identical
-to lvis-api, or lvis-api itself through the NumPy 2 shim in ``lvis_compat``).  For large LVIS result
+Every evaluator exposes the same ``evaluate(results, per_class=False, pr_curves=False) -> dict``
+returning a flat dict of fractions (AP, AP50, AP75, APs, APm, APl, ...; plus ``"per_class"`` and
+``"pr_curves"`` dicts when asked), with ``image_ids`` and ``cat_ids`` attributes for ``load_results``
+validation: ``COCOEvaluator`` (a vectorised backend identical to pycocotools' COCOeval, or COCOeval
+itself) and ``LVISEvaluator`` (adds APr/APc/APf; a vectorised backend identical to lvis-api, or lvis-api
+itself through the NumPy 2 shim in ``lvis_compat``); both vectorised backends share ``box_matching``.  For large LVIS result
 files, ``load_results_columnar`` and ``write_results_shard`` / ``merge_result_shards`` keep results as
 numpy columns instead of millions of dicts.
 """

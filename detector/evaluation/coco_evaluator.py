@@ -20,7 +20,7 @@ Metric values are fractions in [0, 1] as pycocotools reports them; -1.0 means "n
 area range" (pycocotools' convention).
 
 Backends (``backend=``, config key ``evaluation.coco_backend``): ``"pycocotools"`` runs ``COCOeval``;
-``"fast"`` runs ``coco_fast.evaluate_coco`` on numpy arrays, whose precision/recall arrays equal
+``"fast"`` (the default) runs ``coco_fast.evaluate_coco`` on numpy arrays, whose precision/recall arrays equal
 ``COCOeval``'s bit for bit (tests compare them on many random files with crowds, ties and empty images),
 many times faster.  Both summarise the arrays with the same code, and the fast one also takes columnar
 results (``load_results_columnar``'s dict of arrays).
@@ -79,7 +79,7 @@ class COCOEvaluator:
         max_dets: detections per image that count (top-scoring first); 100 for COCO.
         image_ids: evaluate on these images only (e.g. a subset that was inferred); default all images
             of the annotation file.
-        backend: ``"pycocotools"`` (COCOeval) or ``"fast"`` (``coco_fast``, identical numbers).
+        backend: ``"fast"`` (``coco_fast``, identical numbers, the default) or ``"pycocotools"`` (COCOeval).
 
     Use ``COCOEvaluator.from_coco(coco, ...)`` to reuse an already-loaded ``pycocotools.coco.COCO``.
     """
@@ -89,7 +89,7 @@ class COCOEvaluator:
         ann_file: str | os.PathLike,
         max_dets: int = 100,
         image_ids: Iterable[int] | None = None,
-        backend: str = "pycocotools",
+        backend: str = "fast",
     ) -> None:
         ann_file = Path(ann_file)
         if not ann_file.is_file():
@@ -103,7 +103,7 @@ class COCOEvaluator:
         coco: COCO,
         max_dets: int = 100,
         image_ids: Iterable[int] | None = None,
-        backend: str = "pycocotools",
+        backend: str = "fast",
     ) -> COCOEvaluator:
         """Build an evaluator around an already-loaded pycocotools ``COCO`` ground truth."""
         evaluator = cls.__new__(cls)

@@ -6,10 +6,15 @@ Boxes are [x, y, w, h]; areas cover the small (< 32^2), medium and large (> 96^2
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
 import json
 from pathlib import Path
 
 import pytest
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 CATEGORIES = [
     {"id": 1, "name": "cat"},
@@ -63,6 +68,20 @@ def perfect_results(gt_boxes: list[tuple[int, int, list[float]]] = GT_BOXES) -> 
         {"image_id": image_id, "category_id": cat_id, "bbox": list(bbox), "score": 1.0}
         for image_id, cat_id, bbox in gt_boxes
     ]
+
+
+def run_cocoeval(dataset: dict, results: list[dict], max_dets=(1, 10, 100)) -> COCOeval:
+    """pycocotools' own evaluate + accumulate + summarize on copies of the inputs (stdout silenced)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(dataset)
+        coco_gt.createIndex()
+        coco_eval = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), iouType="bbox")
+        coco_eval.params.maxDets = list(max_dets)
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+        coco_eval.summarize()
+    return coco_eval
 
 
 @pytest.fixture

@@ -10,20 +10,15 @@ ground truth or without detections, and non-contiguous image / category ids.
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import io
 import logging
 
 import numpy as np
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from detector.evaluation import COCOEvaluator
 from detector.evaluation.coco_fast import CocoGroundTruth, evaluate_coco, summarize_coco
 
-from .conftest import make_coco_dict, perfect_results, write_json
+from .conftest import make_coco_dict, perfect_results, run_cocoeval, write_json
 
 STATS_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -107,24 +102,11 @@ def random_coco(seed: int, num_images: int = 8, num_cats: int = 6) -> tuple[dict
     return {"images": images, "annotations": annotations, "categories": categories}, [results[i] for i in order]
 
 
-def _cocoeval(dataset: dict, results: list[dict], max_dets=(1, 10, 100)) -> COCOeval:
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(dataset)
-        coco_gt.createIndex()
-        coco_eval = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), iouType="bbox")
-        coco_eval.params.maxDets = list(max_dets)
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-        coco_eval.summarize()
-    return coco_eval
-
-
 @pytest.mark.parametrize("seed", range(36))
 def test_identical_to_cocoeval_on_random_files(seed):
     dataset, results = random_coco(seed)
     max_dets = (1, 10, 100) if seed % 3 else (1, 5, 20)  # small caps: many pairs are cut
-    reference = _cocoeval(dataset, results, max_dets)
+    reference = run_cocoeval(dataset, results, max_dets)
     precision, recall = evaluate_coco(CocoGroundTruth.from_dataset(dataset), results, max_dets)
     np.testing.assert_array_equal(precision, reference.eval["precision"])
     np.testing.assert_array_equal(recall, reference.eval["recall"])
@@ -157,7 +139,7 @@ def test_random_files_cover_the_corner_cases():
 def test_evaluator_backends_agree(tmp_path, backend):
     dataset, results = random_coco(101, num_images=12)
     gt_file = write_json(tmp_path / "gt.json", dataset)
-    reference = _cocoeval(dataset, results)
+    reference = run_cocoeval(dataset, results)
     metrics = COCOEvaluator(gt_file, backend=backend).evaluate(results, per_class=True, pr_curves=True)
     assert [metrics[key] for key in STATS_KEYS] == reference.stats.tolist()
     other = COCOEvaluator(gt_file, backend="pycocotools" if backend == "fast" else "fast")

@@ -15,14 +15,12 @@ import json
 
 import numpy as np
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from detector.evaluation import COCOEvaluator, LVISEvaluator
 from detector.evaluation.ap_common import pr_curves_from_precision
 from detector.evaluation.lvis_compat import import_lvis
 
-from .conftest import GT_BOXES
+from .conftest import GT_BOXES, make_coco_dict, run_cocoeval
 
 ONE = pytest.approx(1.0, abs=1e-12)  # precision is tp / (tp + fp + eps)
 
@@ -39,15 +37,6 @@ def _hand_results() -> list[dict]:
         {"image_id": 2, "category_id": 7, "bbox": list(bird_box), "score": 0.8},  # true positive
     ]
     return results
-
-
-def _cocoeval_precision(gt_file, results) -> np.ndarray:
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO(str(gt_file))
-        coco_eval = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(results)), iouType="bbox")
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-    return coco_eval.eval["precision"]  # (T, R, K, A, M)
 
 
 def test_coco_pr_curves_hand_case(gt_file):
@@ -68,7 +57,7 @@ def test_coco_pr_curves_equal_cocoeval_precision(gt_file):
         {"image_id": 3, "category_id": 3, "bbox": [0.0, 0.0, 20.0, 20.0], "score": 0.75},
     ]
     curves = COCOEvaluator(gt_file).evaluate(results, pr_curves=True)["pr_curves"]
-    precision = _cocoeval_precision(gt_file, results)[0, :, :, 0, -1]  # IoU 0.50, area all, 100 dets
+    precision = run_cocoeval(make_coco_dict(), results).eval["precision"][0, :, :, 0, -1]  # IoU .5, all, 100
     for k, name in enumerate(["cat", "dog", "bird"]):
         assert curves[name] == precision[:, k].tolist(), name
     assert not (precision[:, 3] > -1).any()  # fish
