@@ -73,11 +73,17 @@ def as_columnar(results: list[dict] | Columnar) -> Columnar:
             columns = {
                 "image_id": np.asarray(results["image_id"], dtype=np.int64).reshape(-1),
                 "category_id": np.asarray(results["category_id"], dtype=np.int64).reshape(-1),
-                "bbox": np.asarray(results["bbox"], dtype=np.float64).reshape(-1, 4),
+                "bbox": np.asarray(results["bbox"], dtype=np.float64),
                 "score": np.asarray(results["score"], dtype=np.float64).reshape(-1),
             }
         except KeyError as error:
             raise ValueError(f"columnar results need image_id, category_id, bbox and score: {error}") from None
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"results are not numeric, or a bbox is not 4 numbers: {error}") from None
+        if columns["bbox"].size == 0:
+            columns["bbox"] = columns["bbox"].reshape(0, 4)
+        if columns["bbox"].ndim != 2 or columns["bbox"].shape[1] != 4:
+            raise ValueError(f"every bbox must be 4 numbers [x, y, w, h]; got an array of shape {columns['bbox'].shape}")
         sizes = {key: len(value) for key, value in columns.items()}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"columnar results have different lengths: {sizes}")

@@ -219,3 +219,10 @@ def test_unknown_backend(gt_file):
     with pytest.raises(ValueError, match="backend"):
         COCOEvaluator(gt_file, backend="detectron")
     assert COCOEvaluator(gt_file, backend="fast").evaluate(perfect_results())["AP"] == pytest.approx(1, abs=1e-12)
+
+
+@pytest.mark.parametrize("bbox", [[1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 2.0, 3.0]])
+def test_bad_bbox_is_a_clear_error(gt_file, bbox):
+    results = [{"image_id": 1, "category_id": 1, "bbox": bbox, "score": 0.5}] * 4
+    with pytest.raises(ValueError, match="4 numbers"):
+        COCOEvaluator(gt_file, backend="fast").evaluate(results)
