@@ -83,7 +83,8 @@ def as_columnar(results: list[dict] | Columnar) -> Columnar:
         if columns["bbox"].size == 0:
             columns["bbox"] = columns["bbox"].reshape(0, 4)
         if columns["bbox"].ndim != 2 or columns["bbox"].shape[1] != 4:
-            raise ValueError(f"every bbox must be 4 numbers [x, y, w, h]; got an array of shape {columns['bbox'].shape}")
+            shape = columns["bbox"].shape
+            raise ValueError(f"every bbox must be 4 numbers [x, y, w, h]; got an array of shape {shape}")
         sizes = {key: len(value) for key, value in columns.items()}
         if len(set(sizes.values())) != 1:
             raise ValueError(f"columnar results have different lengths: {sizes}")
