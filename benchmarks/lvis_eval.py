@@ -219,24 +219,16 @@ def run_in_child(backend: str, gt_path: Path, results_path: Path) -> dict:
     return report
 
 
-def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        backend, gt_path, results_path, out_path = sys.argv[2:6]
-        Path(out_path).write_text(json.dumps(worker(backend, gt_path, results_path)))
-        return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=20_000, help="images of the fast-only run")
-    parser.add_argument("--api-max-images", type=int, default=2_000, help="images of the fast vs lvis-api run")
-    parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/bench_lvis"))
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
+def run(images: int = 20_000, api_max_images: int = 2_000, work_dir: Path = Path("work_dirs/bench_lvis"),
+        seed: int = 0, verbose: bool = True) -> dict:
+    """Reports of the fast backend and lvis-api on the same ``min(images, api_max_images)`` images (plus the
+    fast one alone on ``images`` when more) and whether their metrics are equal; prints the table."""
     rows = []
-    compare_images = min(args.images, args.api_max_images)
-    gt_path, results_path = ensure_files(args.work_dir, compare_images, args.seed)
+    compare_images = min(images, api_max_images)
+    gt_path, results_path = ensure_files(Path(work_dir), compare_images, seed)
     fast = run_in_child("fast", gt_path, results_path)
     api = run_in_child("lvis-api", gt_path, results_path)
-    equal = "-"
+    equal, worst = "-", None
     if "failed" not in fast and "failed" not in api:
         api_metrics = {key.split("@")[0]: value for key, value in api["metrics"].items()}  # "AR@300" -> "AR"
         fast_metrics = {("AR" if key == "AR300" else key): value for key, value in fast["metrics"].items()}
@@ -245,10 +237,16 @@ def main() -> None:
             f"yes (max diff {worst:.1e})" if worst <= 1e-9 else f"NO (max diff {worst:.1e})"
         )
     rows += [(compare_images, "fast", fast, equal), (compare_images, "lvis-api", api, equal)]
-    if args.images > compare_images:
-        gt_path, results_path = ensure_files(args.work_dir, args.images, args.seed)
-        rows.append((args.images, "fast", run_in_child("fast", gt_path, results_path), "-"))
+    if images > compare_images:
+        gt_path, results_path = ensure_files(Path(work_dir), images, seed)
+        rows.append((images, "fast", run_in_child("fast", gt_path, results_path), "-"))
+    if verbose:
+        print_rows(rows)
+    return {"fast": fast, "lvis-api": api, "max_diff": worst, "images": compare_images,
+            "fast_all": rows[2][2] if len(rows) > 2 else None}
 
+
+def print_rows(rows: list) -> None:
     header = ["images", "detections", "backend", "wall s (gt load)", "child CPU s", "peak MB (above imports)"]
     header += ["AP", "APr", "APc", "APf", "metrics equal"]
     print("| " + " | ".join(header) + " |")
@@ -265,6 +263,21 @@ def main() -> None:
             + "".join(f"| {m[key]:.4f} " for key in ("AP", "APr", "APc", "APf"))
             + f"| {same} |"
         )
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        backend, gt_path, results_path, out_path = argv[1:5]
+        Path(out_path).write_text(json.dumps(worker(backend, gt_path, results_path)))
+        return {}
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=20_000, help="images of the fast-only run")
+    parser.add_argument("--api-max-images", type=int, default=2_000, help="images of the fast vs lvis-api run")
+    parser.add_argument("--work-dir", type=Path, default=Path("work_dirs/bench_lvis"))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    return run(args.images, args.api_max_images, args.work_dir, args.seed)
 
 
 if __name__ == "__main__":
