@@ -16,7 +16,8 @@ numpy columns instead of millions of dicts.
 
 from .coco_evaluator import COCOEvaluator
 from .inference import gather_results, rescale_boxes, run_inference
-from .lvis_evaluator import LVISEvaluator, load_results_columnar, merge_result_shards, write_results_shard
+from .columnar import load_results_columnar, merge_result_shards, write_results_shard
+from .lvis_evaluator import LVISEvaluator
 from .report import format_metrics_table, format_per_class_table, write_metrics_json
 from .results import ResultsFormatError, detections_to_coco_results, load_results, save_results
 

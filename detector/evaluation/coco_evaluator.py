@@ -45,7 +45,7 @@ from .ap_common import mean_valid as _mean_valid
 from .ap_common import pr_curves_from_precision
 from .coco_fast import CocoGroundTruth, evaluate_coco, summarize_coco
 from .box_matching import IOU_THRESHOLDS
-from .lvis_fast import Columnar, as_columnar
+from .columnar import Columnar, as_columnar
 
 __all__ = ["COCOEvaluator"]
 

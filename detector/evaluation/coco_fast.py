@@ -37,7 +37,7 @@ from .box_matching import (
     index_in,
     match,
 )
-from .lvis_fast import Columnar, as_columnar
+from .columnar import Columnar, as_columnar
 
 __all__ = ["CocoGroundTruth", "evaluate_coco", "summarize_coco"]
 

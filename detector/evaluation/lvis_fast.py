@@ -41,6 +41,7 @@ from .box_matching import (
     index_in,
     match,
 )
+from .columnar import Columnar, as_columnar
 
 __all__ = [
     "AREA_LABELS",
@@ -59,44 +60,6 @@ __all__ = [
 FREQUENCY_LABELS = ("r", "c", "f")
 _SELECT_CHUNK = 1 << 20  # detections filtered at once
 
-Columnar = dict[str, np.ndarray]
-
-
-def as_columnar(results: list[dict] | Columnar) -> Columnar:
-    """``{"image_id": (N,) int64, "category_id": (N,) int64, "bbox": (N, 4) float64, "score": (N,) float64}``.
-
-    Accepts COCO-format result dicts or an already columnar dict (arrays are converted, not copied when
-    they have the right dtype).  Scores stay float64 so the ranking and its ties are lvis-api's.
-    """
-    if isinstance(results, dict):
-        try:
-            columns = {
-                "image_id": np.asarray(results["image_id"], dtype=np.int64).reshape(-1),
-                "category_id": np.asarray(results["category_id"], dtype=np.int64).reshape(-1),
-                "bbox": np.asarray(results["bbox"], dtype=np.float64),
-                "score": np.asarray(results["score"], dtype=np.float64).reshape(-1),
-            }
-        except KeyError as error:
-            raise ValueError(f"columnar results need image_id, category_id, bbox and score: {error}") from None
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"results are not numeric, or a bbox is not 4 numbers: {error}") from None
-        if columns["bbox"].size == 0:
-            columns["bbox"] = columns["bbox"].reshape(0, 4)
-        if columns["bbox"].ndim != 2 or columns["bbox"].shape[1] != 4:
-            shape = columns["bbox"].shape
-            raise ValueError(f"every bbox must be 4 numbers [x, y, w, h]; got an array of shape {shape}")
-        sizes = {key: len(value) for key, value in columns.items()}
-        if len(set(sizes.values())) != 1:
-            raise ValueError(f"columnar results have different lengths: {sizes}")
-        return columns
-    try:
-        rows = [(r["image_id"], r["category_id"], r["bbox"], r["score"]) for r in results]
-    except (KeyError, TypeError) as error:
-        raise ValueError("every result must be a dict with image_id, category_id, bbox and score") from error
-    if not rows:
-        return as_columnar({"image_id": [], "category_id": [], "bbox": np.zeros((0, 4)), "score": []})
-    image_id, category_id, bbox, score = zip(*rows)
-    return as_columnar({"image_id": image_id, "category_id": category_id, "bbox": bbox, "score": score})
 
 
 def _drop_segmentation(obj: dict) -> dict:

@@ -275,7 +275,7 @@ def test_load_results_columnar_round_trip(tmp_path, chunk_chars, indent):
 @pytest.mark.parametrize("separators", [(", ", ": "), (",", ":")])
 def test_canonical_fast_path_is_exact(tmp_path, monkeypatch, separators):
     """json.dump's flat layout (any key order) is parsed without json.loads, to the same floats."""
-    from detector.evaluation import lvis_evaluator
+    from detector.evaluation import columnar
 
     def no_json_path(*args):
         raise AssertionError("the canonical layout fell back to the json path")
@@ -288,7 +288,7 @@ def test_canonical_fast_path_is_exact(tmp_path, monkeypatch, separators):
     results[1]["bbox"] = [1, 2, 3, 4]  # integers
     path = tmp_path / "results.json"
     reordered = [{key: r[key] for key in ("score", "bbox", "category_id", "image_id")} for r in results]
-    monkeypatch.setattr(lvis_evaluator, "_chunk_to_columns", no_json_path)
+    monkeypatch.setattr(columnar, "_chunk_to_columns", no_json_path)
     for layout in (results, reordered):
         path.write_text(json.dumps(layout, separators=separators))
         for chunk_chars in (300, 1 << 20):
