@@ -30,6 +30,16 @@ _MAX_CUT_RETRIES = 64
 _MIN_ENTRY_CHARS = len('{"image_id":0,"category_id":0,"bbox":[0,0,0,0],"score":0}')
 
 
+def _empty_columns(size: int) -> Columnar:
+    """Uninitialised columns for ``size`` detections."""
+    return {
+        "image_id": np.empty(size, dtype=np.int64),
+        "category_id": np.empty(size, dtype=np.int64),
+        "bbox": np.empty((size, 4), dtype=np.float64),
+        "score": np.empty(size, dtype=np.float64),
+    }
+
+
 def as_columnar(results: list[dict] | Columnar) -> Columnar:
     """``{"image_id": (N,) int64, "category_id": (N,) int64, "bbox": (N, 4) float64, "score": (N,) float64}``.
 
@@ -241,12 +251,7 @@ def load_results_columnar(
     # _MIN_ENTRY_CHARS long); pages never written are never resident, so memory follows the real count
     # and no list of chunk arrays is kept or concatenated.
     capacity = path.stat().st_size // _MIN_ENTRY_CHARS + 1
-    buffers = {
-        "image_id": np.empty(capacity, dtype=np.int64),
-        "category_id": np.empty(capacity, dtype=np.int64),
-        "bbox": np.empty((capacity, 4), dtype=np.float64),
-        "score": np.empty(capacity, dtype=np.float64),
-    }
+    buffers = _empty_columns(capacity)
     count = 0
     for chunk in _iter_result_chunks(path, chunk_chars):
         size = len(chunk["score"])
@@ -290,12 +295,7 @@ def merge_result_shards(paths: Sequence[str | os.PathLike]) -> Columnar:
                 raise ValueError(f"results shard {path} lacks {', '.join(missing)}")
             sizes.append(len(shard["score"]))
     total = sum(sizes)
-    merged = {
-        "image_id": np.empty(total, dtype=np.int64),
-        "category_id": np.empty(total, dtype=np.int64),
-        "bbox": np.empty((total, 4), dtype=np.float64),
-        "score": np.empty(total, dtype=np.float64),
-    }
+    merged = _empty_columns(total)
     start = 0
     for path, size in zip(paths, sizes):
         with np.load(path, allow_pickle=False) as shard:
