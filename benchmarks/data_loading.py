@@ -80,8 +80,10 @@ def loader_rate(paths: dict, size: int, batch: int, workers: int, decoder: str, 
         count += images.shape[0]
         if i >= max_batches:
             break
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - start if start is not None else 0.0
     del loader
+    if count == 0:
+        raise ValueError(f"{len(sampler)} batch(es) of {batch}: need at least 2 (the first is not timed)")
     return count / elapsed
 
 

@@ -73,7 +73,7 @@ def test_speed_features_baseline_and_fused_sgd_agree():
 
 
 def test_data_loading_decoders_give_the_same_pixels(tmp_path):
-    res = data_loading_run(images=3, size=48, workers=(0,), max_batches=1, step_images_per_s=1e-6,
+    res = data_loading_run(images=4, size=48, workers=(0,), max_batches=1, step_images_per_s=1e-6,
                            work_dir=str(tmp_path), verbose=False)
     assert res["pixels_differing"] == 0 and res["max_pixel_diff"] == 0
     assert set(res["rates"]) == {"torchvision.io/0", "PIL/0"} and res["keeps_up"] is True
