@@ -20,14 +20,15 @@ is merged over each row by a generated config, <work-root>/<table>/mini_configs/
 driver checks that each generated config keeps its row's varied values. Mini figures are on synthetic data:
 compare their trend across rows with the paper's, not their level.
 
-The table (AP in percent, paper / measured / difference, and the time each row took) is printed and
-written to <work-root>/<table>/table.md. Per-row logs: <work dir>/train.log.
+The table (AP in percent, paper / measured / difference, the wall time each row took and its CPU time) is
+printed and written to <work-root>/<table>/table.md. Per-row logs: <work dir>/train.log.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import shlex
 import statistics
 import subprocess
@@ -62,6 +63,7 @@ class Result:
     metrics: dict | None = None  # fractions, as the evaluators report them
     seconds: float | None = None
     message: str = ""
+    cpu_seconds: float | None = None  # user + system of the training processes (and their loader workers)
 
 
 # ------------------------------------------------------------------------------------------------- jobs
@@ -144,8 +146,8 @@ def run_job(job: Job, command: list[str]) -> Result:
     """Run one row's training, then read its final metrics; a failure becomes a failed Result."""
     job.work_dir.mkdir(parents=True, exist_ok=True)
     resumed = "--resume" in command
-    earlier = _read_json(job.work_dir / PARTIAL_FILE).get("seconds", 0.0)
-    start = time.perf_counter()
+    partial = _read_json(job.work_dir / PARTIAL_FILE)
+    start, cpu_start = time.perf_counter(), _children_cpu_seconds()
     try:
         with open(job.work_dir / LOG_FILE, "a") as log:
             log.write(f"$ {shlex.join(command)}\n")
@@ -153,22 +155,30 @@ def run_job(job: Job, command: list[str]) -> Result:
             code = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
     except OSError as err:
         return Result(job.row, job.seed, "failed", message=f"could not start: {err}")
-    seconds = earlier + time.perf_counter() - start
+    seconds = partial.get("seconds", 0.0) + time.perf_counter() - start
+    cpu_seconds = partial.get("cpu_seconds", 0.0) + _children_cpu_seconds() - cpu_start
     metrics = final_metrics(job.work_dir) if code == 0 else None
     if metrics is None:
-        (job.work_dir / PARTIAL_FILE).write_text(json.dumps({"seconds": seconds}))
+        (job.work_dir / PARTIAL_FILE).write_text(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds}))
         why = f"exit {code}" if code else "no final evaluation"
-        return Result(job.row, job.seed, "failed", seconds=seconds,
+        return Result(job.row, job.seed, "failed", seconds=seconds, cpu_seconds=cpu_seconds,
                       message=f"{why}, see {show_path(job.work_dir / LOG_FILE)}")
-    record = {"metrics": metrics, "seconds": seconds, "resumed": resumed, "command": command}
+    record = {"metrics": metrics, "seconds": seconds, "cpu_seconds": cpu_seconds, "resumed": resumed,
+              "command": command}
     (job.work_dir / DONE_FILE).write_text(json.dumps(record, indent=1))
     (job.work_dir / PARTIAL_FILE).unlink(missing_ok=True)
-    return Result(job.row, job.seed, "resumed" if resumed else "ran", metrics, seconds)
+    return Result(job.row, job.seed, "resumed" if resumed else "ran", metrics, seconds, cpu_seconds=cpu_seconds)
+
+
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # finished children, with their reaped descendants
+    return usage.ru_utime + usage.ru_stime
 
 
 def done_result(job: Job) -> Result:
     record = _read_json(job.work_dir / DONE_FILE)
-    return Result(job.row, job.seed, "done", record.get("metrics"), record.get("seconds"))
+    return Result(job.row, job.seed, "done", record.get("metrics"), record.get("seconds"),
+                  cpu_seconds=record.get("cpu_seconds"))
 
 
 # ----------------------------------------------------------------------------------------------- tables
@@ -205,9 +215,9 @@ def format_table(table: Table, results: dict[str, list[Result]], mini: bool = Fa
     header = ["row", "setting"]
     for metric in table.metrics:
         header += [f"paper {metric}", f"measured {metric}", f"Δ {metric}"]
-    header.append("time")
+    header += ["time", "CPU time"]
     lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    total = 0.0
+    total = total_cpu = 0.0
     for row in table.rows:
         if row.name not in results:
             continue
@@ -223,11 +233,15 @@ def format_table(table: Table, results: dict[str, list[Result]], mini: bool = Fa
         note = " (earlier run)" if all(r.status == "done" for r in runs) else \
             " (resumed)" if any(r.status == "resumed" for r in runs) else ""
         cells.append((format_duration(sum(seconds)) if seconds else "-") + note)
+        cpu = [r.cpu_seconds for r in runs if r.cpu_seconds is not None]
+        total_cpu += sum(cpu)
+        cells.append(format_duration(sum(cpu)) if cpu else "-")
         lines.append("| " + " | ".join(cells) + " |")
     seeds = sorted({r.seed for runs in results.values() for r in runs if r.seed is not None})
     if seeds:
         lines += ["", f"Seeds {', '.join(map(str, seeds))}: mean ± sample std; time summed over seeds."]
-    lines += ["", f"Total time: {format_duration(total)}."]
+    lines += ["", f"Total time: {format_duration(total)} (CPU time {format_duration(total_cpu)}: user + system "
+                  "seconds of the training processes, summed over their threads and loader workers)."]
     return "\n".join(lines) + "\n"
 
 
@@ -280,7 +294,8 @@ def run_table(table: Table, args: argparse.Namespace) -> bool:
             result = run_job(job, command)
             summary = result.message if result.status == "failed" else ", ".join(
                 f"{m} {100 * result.metrics[m]:.1f}" for m in table.metrics if m in result.metrics)
-            print(f"{label}: {result.status} in {format_duration(result.seconds)}: {summary}",
+            print(f"{label}: {result.status} in {format_duration(result.seconds)} "
+                  f"(CPU {format_duration(result.cpu_seconds)}): {summary}",
                   file=sys.stderr, flush=True)
         results.setdefault(job.row.name, []).append(result)
     if args.dry_run:

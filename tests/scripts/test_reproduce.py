@@ -151,18 +151,18 @@ def test_format_table_paper_measured_difference_unconfirmed():
                          rows=(Row("r1", "one", {"AP": 34.0}), Row("r2", "two", {"AP": None}),
                                Row("r3", "three", {"AP": 30.0}), Row("r4", "four", {"AP": 1.0})))
     results = {
-        "r1": [Result(table.rows[0], None, "ran", {"AP": 0.331}, 47.0)],
+        "r1": [Result(table.rows[0], None, "ran", {"AP": 0.331}, 47.0, cpu_seconds=90.0)],
         "r2": [Result(table.rows[1], 0, "done", {"AP": 0.30}, 100.0),
                Result(table.rows[1], 1, "done", {"AP": 0.32}, 110.0)],
         "r3": [Result(table.rows[2], None, "failed", None, 5.0, "exit 1, see x/train.log")],
     }  # r4 not run: left out
     text = reproduce.format_table(table, results)
     lines = [line for line in text.splitlines() if line.startswith("| ") and "| --- |" not in line]
-    assert lines[0] == "| row | setting | paper AP | measured AP | Δ AP | time |"
-    assert lines[1] == "| `r1` | one | 34.0 | 33.1 | -0.9 | 47 s |"
-    assert lines[2] == "| `r2` | two | unconfirmed | 31.0 ± 1.4 | - | 3.5 min (earlier run) |"
-    assert lines[3] == "| `r3` | three | 30.0 | failed (exit 1, see x/train.log) | - | 5 s |"
-    assert len(lines) == 4 and "Total time: 4.4 min." in text
+    assert lines[0] == "| row | setting | paper AP | measured AP | Δ AP | time | CPU time |"
+    assert lines[1] == "| `r1` | one | 34.0 | 33.1 | -0.9 | 47 s | 90 s |"
+    assert lines[2] == "| `r2` | two | unconfirmed | 31.0 ± 1.4 | - | 3.5 min (earlier run) | - |"
+    assert lines[3] == "| `r3` | three | 30.0 | failed (exit 1, see x/train.log) | - | 5 s | - |"
+    assert len(lines) == 4 and "Total time: 4.4 min (CPU time 90 s" in text
 
 
 def test_format_table_lvis_metrics_and_sign():
@@ -171,7 +171,7 @@ def test_format_table_lvis_metrics_and_sign():
                                                                   "APf": 0.35}, 7300.0)
     text = reproduce.format_table(table, {"efl": [result]}, mini=True)
     assert "| `efl` | equalized focal loss (gamma_b 2, s 8) | 27.5 | 30.0 | +2.5 | 20.2 | 15.0 | -5.2 | " \
-           "26.1 | 27.0 | +0.9 | 32.4 | 35.0 | +2.6 | 2.0 h (resumed) |" in text
+           "26.1 | 27.0 | +0.9 | 32.4 | 35.0 | +2.6 | 2.0 h (resumed) | - |" in text
     assert "mini" in text.splitlines()[0] and "trend" in text
 
 
@@ -213,11 +213,11 @@ def test_skips_done_rows_resumes_half_done_and_reports_failures(tmp_path, monkey
     assert "--resume" in calls[0] and "--resume" not in calls[2]
     record = json.loads((half / "reproduce.json").read_text())
     assert record["metrics"] == {"AP": 0.26} and record["resumed"] and record["seconds"] >= 1000.0
-    assert not (half / "reproduce_partial.json").exists()
+    assert record["cpu_seconds"] >= 0 and not (half / "reproduce_partial.json").exists()
     assert not (broken / "reproduce.json").exists() and (broken / "reproduce_partial.json").exists()
 
     text = (root / "atss_4" / "table.md").read_text()
-    assert "| `k_3` | k = 3 | 38.0 | 40.0 | +2.0 | 12 s (earlier run) |" in text
+    assert "| `k_3` | k = 3 | 38.0 | 40.0 | +2.0 | 12 s (earlier run) | - |" in text
     assert "| `k_5` | k = 5 | 38.8 | 26.0 | -12.8 |" in text and "(resumed)" in text
     assert "| `k_7` | k = 7 | 39.1 | failed (exit 1, see " in text
     assert "| `k_9` | k = 9 | 39.3 | 28.0 | -11.3 |" in text
