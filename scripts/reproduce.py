@@ -276,7 +276,10 @@ def run_table(table: Table, args: argparse.Namespace) -> bool:
         key = opt.split("=", 1)[0].strip()
         if any(key == v or v.startswith(key + ".") for v in table.varied):
             raise SystemExit(f"error: --opts {opt} would override {key}, which table {table.name} varies")
-    jobs = make_jobs(table, args.work_root.resolve(), args.mini, args.seeds, args.rows)
+    try:
+        jobs = make_jobs(table, args.work_root.resolve(), args.mini, args.seeds, args.rows)
+    except KeyError as err:  # an unknown --rows name
+        raise SystemExit(f"error: {err.args[0]}") from None
     results: dict[str, list[Result]] = {}
     for job in jobs:
         state = row_state(job.work_dir)

@@ -138,6 +138,11 @@ def test_dry_run_with_seeds_and_launcher(tmp_path, capsys):
     assert listed[1][-3:] == ["--opts", "runtime.seed=1", "schedule.max_iters=5"]
 
 
+def test_unknown_row_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="table gfl has no row 'qfl_dfl_reg_max_16'; rows: fl_dfl, qfl_dfl"):
+        reproduce.main(["gfl", "--dry-run", "--work-root", str(tmp_path), "--rows", "qfl_dfl_reg_max_16"])
+
+
 def test_opts_may_not_override_a_varied_key(tmp_path):
     with pytest.raises(SystemExit, match="model.loss_cls.alpha"):
         reproduce.main(["retinanet_1a", "--dry-run", "--work-root", str(tmp_path),
