@@ -102,6 +102,25 @@ def compare_pixels(paths: dict, limit: int) -> tuple[int, int]:
     return differing, worst
 
 
+def decode_cpu_ms(paths: dict, limit: int, passes: int = 3) -> dict[str, float]:
+    """Median over ``passes`` of the thread CPU ms per image spent decoding alone, by decoder (robust to
+    other processes on the machine, unlike the loader rates)."""
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    files = [str(p) for p in sorted(Path(paths["train_img_dir"]).glob("*.jpg"))[:limit]]
+    decoders = {"torchvision.io": lambda f: decode_image(read_file(f), mode=ImageReadMode.RGB), "PIL": pil_decode}
+    out = {}
+    for name, decode in decoders.items():
+        samples = []
+        for _ in range(passes):
+            start = time.thread_time()
+            for f in files:
+                decode(f)
+            samples.append(1e3 * (time.thread_time() - start) / len(files))
+        out[name] = sorted(samples)[len(samples) // 2]
+    return out
+
+
 def measure_step_rate(size: int, batch: int, repeats: int = 2) -> float:
     from benchmarks.train_step import run as train_step_run
 
@@ -117,6 +136,11 @@ def run(images: int = 200, size: int = 640, batch: int = 2, workers=(0, 1, 2), d
     max_batches = max_batches or images // batch - 1
     rates = {(d, w): loader_rate(paths, size, batch, w, d, max_batches) for d in decoders for w in workers}
     differing, worst = compare_pixels(paths, images)
+    with torch.inference_mode():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        decode_ms = decode_cpu_ms(paths, images)
+        torch.set_num_threads(threads)
     if measure_step and step_images_per_s is None:
         step_images_per_s = measure_step_rate(size, batch)
     keeps_up = {key: (rate >= step_images_per_s if step_images_per_s else None) for key, rate in rates.items()}
@@ -127,10 +151,12 @@ def run(images: int = 200, size: int = 640, batch: int = 2, workers=(0, 1, 2), d
         print_table(["decoder", "workers", "images/s", "RetinaNet R50 step images/s", "keeps up"],
                     [[d, w, f"{rates[(d, w)]:.1f}", step, {None: "-", True: "yes", False: "NO"}[keeps_up[(d, w)]]]
                      for d in decoders for w in workers])
-        print(f"pixels: {differing} of {images} images differ between the decoders (max |diff| {worst})")
+        print(f"pixels: {differing} of {images} images differ between the decoders (max |diff| {worst}); "
+              "decoding alone, thread CPU ms per image: "
+              + ", ".join(f"{name} {ms:.2f}" for name, ms in decode_ms.items()))
     return {"rates": {f"{d}/{w}": r for (d, w), r in rates.items()}, "step_images_per_s": step_images_per_s,
             "keeps_up": all(v for v in keeps_up.values() if v is not None) if step_images_per_s else None,
-            "pixels_differing": differing, "max_pixel_diff": worst}
+            "pixels_differing": differing, "max_pixel_diff": worst, "decode_cpu_ms": decode_ms}
 
 
 def main(argv=None) -> dict:
