@@ -76,9 +76,26 @@ def step_by_stage(model, optimizer, images, targets, device, assign_timer) -> di
     return times
 
 
+def conv_share(model, inputs, targets) -> float:
+    """Share of one profiled training step's operator self time spent in convolutions (forward + backward)."""
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+
+    def step():
+        losses = model(inputs, targets)
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+    step()  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    return sum(e.self_cpu_time_total for e in events if "conv" in e.key) / sum(e.self_cpu_time_total for e in events)
+
+
 def run(detector: str = "retinanet", size: int = 512, batch: int = 2, boxes: int = 20, classes: int = 80,
         repeats: int = 5, warmup: int = 1, device: str | None = None, depth: int | None = None,
-        top_ops: int = 15, channels_last: bool = False, verbose: bool = True) -> dict:
+        top_ops: int = 15, channels_last: bool = False, compare_torchvision: bool = False,
+        verbose: bool = True) -> dict:
     """Median seconds per stage (dict ``stages``), their sum ``step``, and the profiler's top operators."""
     device = torch.device(device or default_device())
     images, targets = make_inputs(batch, size, boxes, classes)
@@ -105,6 +122,12 @@ def run(detector: str = "retinanet", size: int = 512, batch: int = 2, boxes: int
     ops = [e for e in prof.key_averages() if e.key not in STAGES]
     ops.sort(key=lambda e: getattr(e, sort_key.replace("_total", "_total"), 0.0), reverse=True)
     top = [(e.key, getattr(e, sort_key) / 1e3, e.count) for e in ops[:top_ops]]
+    shares = {}
+    if compare_torchvision and device.type == "cpu":  # how much of a step any non-convolution change can reach
+        from benchmarks.common import build_torchvision
+        raw, _ = make_inputs(batch, size, boxes, classes)
+        shares["focaldet"] = conv_share(model, images, targets)
+        shares["torchvision"] = conv_share(build_torchvision(classes, size).train(), list(raw), targets)
     if verbose:
         print(f"{detector} R{depth or 50}-FPN training step, {batch} x {size}x{size} px, {boxes} boxes/image, "
               f"{classes} classes, device {device}, {clock_name()}, medians of {repeats}")
@@ -112,7 +135,10 @@ def run(detector: str = "retinanet", size: int = 512, batch: int = 2, boxes: int
                                            for s in STAGES] + [["step (sum)", f"{1e3 * total:.1f}", "100.0"]])
         print(f"\nTop {top_ops} operators by self time (one profiled step, profiler overhead included):")
         print_table(["operator", "self ms", "calls"], [[k, f"{ms:.1f}", n] for k, ms, n in top])
-    return {"stages": stages, "step": total, "top_ops": top}
+        for name, share in shares.items():
+            print(f"convolutions (forward + backward) take {100 * share:.1f}% of a profiled {name} RetinaNet step's "
+                  "operator self time")
+    return {"stages": stages, "step": total, "top_ops": top, "conv_share": shares}
 
 
 def main(argv=None) -> dict:
@@ -125,12 +151,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--depth", type=int, default=None, help="backbone depth (default: the config's 50)")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--torchvision", action="store_true",
+                        help="also the convolutions' share of a step, ours and torchvision's RetinaNet (CPU)")
     parser.add_argument("--device", default=None)
     parser.add_argument("--cpu-clock", action="store_true", help="one thread, thread CPU time (a busy machine)")
     args = parser.parse_args(argv)
     use_cpu_clock(args.cpu_clock)
     return run(args.detector, args.size, args.batch, args.boxes, args.classes, args.repeats, device=args.device,
-               depth=args.depth, channels_last=args.channels_last)
+               depth=args.depth, channels_last=args.channels_last, compare_torchvision=args.torchvision)
 
 
 if __name__ == "__main__":
