@@ -60,8 +60,10 @@ def main(argv=None) -> int:
         except (FileNotFoundError, ValueError, CheckpointError, BadImageError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
+        r_high, num_high = result.correlation_above(0.5)
         print(f"{name}: {len(result.scores)} detections (after NMS) on {result.num_images} images, "
-              f"Pearson r(score, IoU) = {result.correlation:.3f}")
+              f"Pearson r(score, IoU) = {result.correlation:.3f}; over the {num_high} with IoU >= 0.5: "
+              f"r = {r_high:.3f}")
         results.append(result)
     print(f"wrote {plot_score_iou(results, names, args.out)}")
     return 0

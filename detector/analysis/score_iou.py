@@ -7,7 +7,8 @@ with their IoU, and that the joint class-IoU score of QFL fixes this. The figure
             score; sqrt(cls * quality) for heads with a quality branch), i.e. the score the evaluator ranks by
     IoU   = max over ground truths g of the same class in the image of IoU(box, g)   (0 if there is none)
 
-and this module adds Pearson's correlation coefficient
+and this module adds Pearson's correlation coefficient (over all detections, and over those with
+IoU >= 0.5, where the low-IoU false positives no longer dominate)
 
     r = sum_i (s_i - mean s)(u_i - mean u) / sqrt(sum_i (s_i - mean s)^2 * sum_i (u_i - mean u)^2).
 
@@ -62,6 +63,12 @@ class ScoreIoU:
     def correlation(self) -> float:
         return pearson(self.scores, self.ious)
 
+    def correlation_above(self, min_iou: float) -> tuple[float, int]:
+        """(r, count) over the detections with IoU >= ``min_iou`` (the localised ones, whose ranking by
+        score decides AP at the stricter thresholds)."""
+        keep = self.ious >= min_iou
+        return pearson(self.scores[keep], self.ious[keep]), int(keep.sum())
+
 
 @torch.no_grad()
 def collect_score_iou(model: nn.Module, batches: Iterable[tuple[Tensor, list[dict]]], device: torch.device,
@@ -108,7 +115,8 @@ def plot_score_iou(results: Sequence[ScoreIoU], names: Sequence[str], out: str |
         axes.set_xlabel("IoU with the same-class ground truth")
         axes.set_ylabel("predicted score")
         shown = "" if len(keep) == len(result.scores) else f", {len(keep):,} shown"
-        axes.set_title(f"{name}\nPearson r = {result.correlation:.3f} ({len(result.scores):,} detections{shown})",
-                       fontsize=10)
+        r_high, num_high = result.correlation_above(0.5)
+        axes.set_title(f"{name}: {len(result.scores):,} detections{shown}\nPearson r = {result.correlation:.3f} "
+                       f"(IoU >= 0.5: r = {r_high:.3f}, {num_high:,})", fontsize=10)
         axes.grid(alpha=0.3)
     return save_png(figure, out)

@@ -31,6 +31,15 @@ def test_pearson():
     assert math.isnan(pearson(x, np.ones(5))) and math.isnan(pearson([1.0], [2.0]))
 
 
+def test_correlation_above_filters_by_iou():
+    # two confident false positives at low IoU; the three localised detections have score == IoU
+    result = ScoreIoU(np.array([0.9, 0.1, 0.8, 0.6, 0.7]), np.array([0.1, 0.2, 0.8, 0.6, 0.7]), 1)
+    r, count = result.correlation_above(0.5)
+    assert count == 3 and r == pytest.approx(1.0)
+    assert result.correlation == pytest.approx(np.corrcoef(result.scores, result.ious)[0, 1])
+    assert result.correlation < 0.5
+
+
 def test_plot_two_panels(tmp_path):
     rng = np.random.default_rng(0)
     a = ScoreIoU(rng.random(50), rng.random(50), 3)

@@ -116,7 +116,7 @@ def test_plot_score_iou_two_models(tiny, capsys):
     printed = captured.out
     assert code == 0, captured.err
     assert_png(out)
-    assert re.search(r"RetinaNet: \d+ detections \(after NMS\) on 2 images, Pearson r", printed)
+    assert re.search(r"RetinaNet: \d+ detections \(after NMS\) on 2 images, Pearson r.*IoU >= 0.5", printed)
     assert re.search(r"GFL: \d+ detections", printed)
 
 
