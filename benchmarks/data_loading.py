@@ -24,6 +24,7 @@ import argparse
 import sys
 import time
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,7 @@ def compare_pixels(paths: dict, limit: int) -> tuple[int, int]:
     """(images with any differing pixel, max |difference|) between the two decoders."""
     from torchvision.io import ImageReadMode, decode_image, read_file
 
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")  # 0.29's notice
     files = sorted(Path(paths["train_img_dir"]).glob("*.jpg"))[:limit]
     differing, worst = 0, 0
     for path in files:
