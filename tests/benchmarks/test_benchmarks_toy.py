@@ -4,15 +4,18 @@ the point, one repeat): the driver runs each stage, and the invariants the bench
 from __future__ import annotations
 
 import importlib.util
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import run_all
-from benchmarks.assign_loss import run as assign_loss_run
-from benchmarks.common import make_inputs, time_rotating
-from benchmarks.data_loading import run as data_loading_run
-from benchmarks.speed_features import run_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # benchmarks/ is not installed: the repo root
+from benchmarks import run_all  # noqa: E402
+from benchmarks.assign_loss import run as assign_loss_run  # noqa: E402
+from benchmarks.common import make_inputs, time_rotating  # noqa: E402
+from benchmarks.data_loading import run as data_loading_run  # noqa: E402
+from benchmarks.speed_features import run_model  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
