@@ -23,7 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python benchmarks/<name>.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import (build_ours, clock, clock_name, default_device, make_inputs, median, normalise,  # noqa: E402
-                               print_table, sync, time_rotating, use_cpu_clock)
+                               print_table, sync, use_cpu_clock)
 
 STAGES = ["backbone", "neck", "head", "anchors", "assignment", "loss", "backward", "optimizer"]
 
