@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from detector.analysis.batches import first_images
 from detector.analysis.plotting import COLOURS, new_figure, save_png
 from detector.assigners import BACKGROUND
 from detector.losses import focal_loss
@@ -131,12 +132,7 @@ def collect_classification_logits(model: nn.Module, batches: Iterable[tuple[Tens
     """
     model.eval()
     positives, negative_sample, num_images = [], StreamSubsample(max_negatives, seed), 0
-    for images, targets in batches:
-        if max_images is not None and num_images >= max_images:
-            break
-        if max_images is not None and num_images + len(targets) > max_images:
-            keep = max_images - num_images
-            images, targets = images[:keep], targets[:keep]
+    for images, targets in first_images(batches, max_images):
         outputs, anchors, num_anchors_per_level = dense_outputs(model, images.to(device))
         targets = [{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in t.items()} for t in targets]
         gt, assigned = assign_targets(model.head.assigner, anchors, num_anchors_per_level, targets)
@@ -144,8 +140,6 @@ def collect_classification_logits(model: nn.Module, batches: Iterable[tuple[Tens
         positives.append(pos.cpu())
         negative_sample.add(neg.cpu())
         num_images += len(targets)
-    if num_images == 0:
-        raise ValueError("no images to analyse (empty dataset or max_images = 0)")
     return ClassificationSamples(torch.cat(positives), negative_sample.result(), num_images,
                                  negative_sample.num_seen)
 

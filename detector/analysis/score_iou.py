@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import box_iou
 
+from detector.analysis.batches import first_images
 from detector.analysis.plotting import COLOURS, new_figure, save_png
 
 
@@ -76,20 +77,13 @@ def collect_score_iou(model: nn.Module, batches: Iterable[tuple[Tensor, list[dic
     """Run ``model`` in eval mode and pair every final detection's score with its same-class best IoU."""
     model.eval()
     scores, ious, num_images = [], [], 0
-    for images, targets in batches:
-        if max_images is not None and num_images >= max_images:
-            break
-        if max_images is not None and num_images + len(targets) > max_images:
-            keep = max_images - num_images
-            images, targets = images[:keep], targets[:keep]
+    for images, targets in first_images(batches, max_images):
         detections = model(images.to(device))
         for det, target in zip(detections, targets):  # a few hundred images: not a hot path
             ious.append(best_iou_same_class(det["boxes"].cpu(), det["labels"].cpu(), target["boxes"],
                                             target["labels"]))
             scores.append(det["scores"].float().cpu())
         num_images += len(targets)
-    if num_images == 0:
-        raise ValueError("no images to analyse (empty dataset or max_images = 0)")
     return ScoreIoU(torch.cat(scores).numpy(), torch.cat(ious).numpy(), num_images)
 
 
