@@ -14,8 +14,8 @@ final evaluation) is skipped; a row with checkpoints/last.pt but no reproduce.js
 A failed row is reported in the table and the others still run (the exit code is then 1).
 
 --mini runs the same rows on the synthetic benchmark sized for a 2-core CPU: the table's overlay
-(configs/reproduce/_base_/mini_*.yaml: ResNet-18 from scratch, narrow heads, 160 px, 160 iterations, 320 for the
-RetinaNet tables, bf16) is merged over each row by a generated config, <work-root>/<table>/mini_configs/<row>.yaml, whose
+(configs/reproduce/_base_/mini_*.yaml: ResNet-18 from scratch, narrow heads, 160 px, 160 iterations (RetinaNet
+tables 320, EFL 400), bf16) is merged over each row by a generated config, <work-root>/<table>/mini_configs/<row>.yaml, whose
 ``_base_`` lists the row and then the overlay. The overlay sets none of the keys a table varies, and the
 driver checks that each generated config keeps its row's varied values. Mini figures are on synthetic data:
 compare their trend across rows with the paper's, not their level.
