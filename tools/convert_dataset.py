@@ -37,10 +37,10 @@ from detector.conversion.yolo import coco_to_yolo, default_names_file, yolo_to_c
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("format", choices=("voc", "yolo", "coco"), help="the format of SRC")
-    parser.add_argument("src", type=Path, help="label folder or file (voc, yolo), or a COCO JSON (coco)")
-    parser.add_argument("--out", type=Path, required=True,
+    parser.add_argument("src", type=Path, metavar="SRC", help="label folder or file (voc, yolo), or a COCO JSON (coco)")
+    parser.add_argument("--out", type=Path, required=True, metavar="OUT",
                         help="the COCO JSON to write (voc, yolo), or the YOLO label folder to write (coco)")
-    parser.add_argument("--images", type=Path, help="the image folder (default: see above)")
+    parser.add_argument("--images", type=Path, metavar="DIR", help="the image folder (default: see above)")
     parser.add_argument("--classes", type=Path, metavar="NAMES",
                         help="class names: one per line, or a data YAML with names: (voc, yolo)")
     parser.add_argument("--keep-difficult", action="store_true",

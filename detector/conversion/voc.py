@@ -289,8 +289,13 @@ def voc_to_coco(src: Path | str, images: Path | str | None = None, class_names: 
     category_ids = {name: index + 1 for index, name in enumerate(class_names)}
     builder = CocoBuilder(class_names, f"converted from Pascal VOC XML labels in {src}")
     num_clipped = num_difficult = 0
+    labels_of: dict[str, Path] = {}  # image file name -> the XML file that named it
     for rel_path, annotation in zip(rel_paths, annotations):
         file_name = _image_file_name(folder, annotation, rel_path)
+        if file_name in labels_of:
+            raise ConversionError(f"{located(annotation.path, annotation.filename_line or annotation.line)}: "
+                                  f"image {file_name} is named by {labels_of[file_name]} too")
+        labels_of[file_name] = annotation.path
         folder.used.add(file_name)
         width, height = annotation.size or read_image_size(folder.root / file_name, exif_orientation)
         image_id = builder.add_image(file_name, width, height)

@@ -176,3 +176,11 @@ def test_split_list_errors_name_the_list_line(devkit):
     write_text(split, "000001\nempty\n000001\n")
     with pytest.raises(ConversionError, match=rf"^{split}:3: image id '000001' is listed again \(first on line 1\)"):
         voc_to_coco(split)
+
+
+def test_two_files_naming_one_image(tmp_path):
+    save_image(tmp_path / "a.png", 10, 10)
+    write_text(tmp_path / "a.xml", voc_xml("a.png", (10, 10), []))
+    copy = write_text(tmp_path / "b.xml", voc_xml("a.png", (10, 10), []))
+    with pytest.raises(ConversionError, match=rf"^{copy}:3: image a.png is named by {tmp_path / 'a.xml'} too$"):
+        voc_to_coco(tmp_path, class_names=["x"])
