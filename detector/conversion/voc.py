@@ -78,10 +78,11 @@ def parse_xml(path: Path) -> XmlElement:
     """Parse an XML file into `XmlElement`s; DTD entity declarations are refused.
 
     xml.etree (and expat under it) expands the entities a file declares in its DTD, so a crafted file (nested
-    entities, the "billion laughs") can exhaust memory; defusedxml, the usual guard, is not a dependency. This
-    parser refuses every entity declaration, as defusedxml does (VOC files never declare entities), and expat
-    loads no external entities without a handler for them. It also records each element's line, which
-    xml.etree does not, so that errors can name it.
+    entities, the "billion laughs") can blow up memory where expat is older than 2.4 (which caps the
+    amplification); defusedxml, the usual guard, is not a dependency. This parser refuses every entity
+    declaration, as defusedxml does (VOC files never declare entities), and expat loads no external entity
+    without a handler for it. It also records each element's line, which xml.etree does not, so that errors
+    can name it.
     """
     parser = expat.ParserCreate()
     parser.buffer_text = True

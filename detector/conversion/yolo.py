@@ -34,8 +34,9 @@ decimals, trailing zeros dropped.
 
 Exact round trips, for images up to 66,666 pixels on a side:
     COCO -> YOLO -> COCO gives the same images (file_name, width, height), the same class names in the same
-    order and, per image, the same non-crowd boxes in the same order with every bbox value equal (as a float)
-    to the original rounded to 3 decimals; integer boxes and COCO's own two-decimal boxes come back identical.
+    order and, per image, the same non-crowd boxes in the same order, each with its corners x, y, x + w, y + h
+    equal to the original's rounded to 3 decimals. Boxes inside their image whose corners lie on that grid
+    (integer boxes, COCO's own two-decimal boxes) thus come back as identical floats, w and h included.
     Why: a value written with 8 decimals is off by at most 5e-9, so a corner (cx +- w / 2) W is off by at most
     7.5e-9 W < 5e-4 pixel, and rounding to 3 decimals restores the corner. Category ids come back as 1..K in
     the same order (identical when the source's were 1..K); image and annotation ids are renumbered.
