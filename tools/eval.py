@@ -23,15 +23,16 @@ from detector.config import ConfigError, load_config
 from detector.data.build import prepare_synthetic_data
 from detector.data.coco import BadImageError, CocoDetection
 from detector.data.lvis import LVISDetection
-from detector.engine.checkpoint import CheckpointError, StateDictMismatchError, load_model_checkpoint
-from detector.engine.distributed import barrier, get_rank, init_distributed, is_main_process
 from detector.engine.evaluate import build_evaluator, evaluate_model
-from detector.engine.logging_setup import setup_logging
-from detector.engine.trainer import resolve_device
 from detector.evaluation import (format_metrics_table, format_per_class_table, load_results, load_results_columnar,
                                  write_metrics_json)
 from detector.evaluation.results import check_result_columns
 from detector.models import build_model
+from detector.runtime.checkpoint import CheckpointError
+from detector.runtime.device import resolve_device
+from detector.runtime.distributed import barrier, get_rank, init_distributed, is_main_process
+from detector.runtime.logging_setup import setup_logging
+from detector.runtime.model_state import StateDictMismatchError, load_model_checkpoint
 
 
 def parse_args(argv=None) -> argparse.Namespace:

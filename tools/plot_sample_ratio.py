@@ -19,8 +19,8 @@ from detector.analysis.sample_ratio import (annotation_batches, count_samples, f
                                             plot_sample_ratio)
 from detector.config import ConfigError, load_config
 from detector.data.build import DATASETS, prepare_synthetic_data
-from detector.engine.logging_setup import setup_logging
 from detector.models import build_model
+from detector.runtime.logging_setup import setup_logging
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -17,10 +17,11 @@ from detector.analysis.score_iou import collect_score_iou, plot_score_iou
 from detector.config import ConfigError, load_config
 from detector.data.build import build_val_loader, prepare_synthetic_data
 from detector.data.coco import BadImageError
-from detector.engine.checkpoint import CheckpointError, load_model_checkpoint
-from detector.engine.logging_setup import setup_logging
-from detector.engine.trainer import resolve_device
 from detector.models import build_model
+from detector.runtime.checkpoint import CheckpointError
+from detector.runtime.device import resolve_device
+from detector.runtime.logging_setup import setup_logging
+from detector.runtime.model_state import load_model_checkpoint
 
 
 def parse_args(argv=None) -> argparse.Namespace:

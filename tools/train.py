@@ -27,11 +27,11 @@ from pathlib import Path
 
 from detector.config import ConfigError, load_config
 from detector.data.coco import BadImageError
-from detector.engine.checkpoint import CheckpointError
-from detector.engine.distributed import destroy_distributed, get_rank, init_distributed
-from detector.engine.logging_setup import setup_logging
 from detector.engine.trainer import NonFiniteLossError, TrainingInterrupted, train
 from detector.evaluation import format_metrics_table
+from detector.runtime.checkpoint import CheckpointError
+from detector.runtime.distributed import destroy_distributed, get_rank, init_distributed
+from detector.runtime.logging_setup import setup_logging
 
 
 def parse_args(argv=None) -> argparse.Namespace:

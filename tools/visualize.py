@@ -23,12 +23,12 @@ from pathlib import Path
 from detector.config import ConfigError, load_config
 from detector.data.build import build_dataset, prepare_synthetic_data
 from detector.data.coco import BadImageError
-from detector.engine.checkpoint import CheckpointError, StateDictMismatchError, load_model_checkpoint
-from detector.engine.evaluate import resolve_amp_dtype
-from detector.engine.logging_setup import setup_logging
-from detector.engine.trainer import resolve_device
 from detector.evaluation import load_results
 from detector.models import build_model
+from detector.runtime.checkpoint import CheckpointError
+from detector.runtime.device import resolve_amp_dtype, resolve_device
+from detector.runtime.logging_setup import setup_logging
+from detector.runtime.model_state import StateDictMismatchError, load_model_checkpoint
 from detector.visualization import (DEFAULT_SCORE_THR, detections_by_image, draw_image, predict_images, save_png,
                                     select_indices)
 

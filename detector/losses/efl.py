@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detector.engine.distributed import all_reduce_sum
 from detector.losses.focal import reduce_loss
 from detector.losses.fused import check_reduction, fused_elementwise_loss
 from detector.losses.quality_focal import qfl_terms
+from detector.runtime.distributed import all_reduce_sum
 
 __all__ = ["EqualizedFocalLoss"]
 

@@ -13,7 +13,6 @@ from torch import Tensor, nn
 from detector.assigners import ATSSAssigner, MaxIoUAssigner
 from detector.boxes import DeltaBoxCoder
 from detector.config_schema import ClsLossConfig, Config, ModelConfig
-from detector.engine.checkpoint import CheckpointError, load_model_checkpoint
 from detector.losses import (EqualizedFocalLoss, focal_loss, focal_loss_star, giou_loss, l1_loss,
                              quality_focal_loss, smooth_l1_loss)
 from detector.models.anchors import AnchorGenerator, level_strides
@@ -22,6 +21,8 @@ from detector.models.detector import DenseDetector
 from detector.models.heads.anchor_head import AnchorHead
 from detector.models.heads.gfl_head import GFLHead
 from detector.models.necks.fpn import FPN
+from detector.runtime.checkpoint import CheckpointError
+from detector.runtime.model_state import load_model_checkpoint
 
 logger = logging.getLogger("detector.models")
 

@@ -251,8 +251,8 @@ def convert_torchvision(source: str, out: str | os.PathLike, version: str | None
     default). With ``all_classes`` the 91 torchvision outputs are kept (label = category id), a model that
     COCO's 80-category annotation files do not fit: for comparisons only.
     """
-    from detector.engine.checkpoint import save_checkpoint  # engine imports models: keep this module light
     from detector.models.build import build_model
+    from detector.runtime.checkpoint import save_checkpoint  # engine imports models: keep this module light
 
     state, named_version = load_torchvision_weights(source)
     if version is not None and named_version is not None and version != named_version:

@@ -25,11 +25,11 @@ import torch
 
 from detector.config import ConfigError, load_config
 from detector.data.synthetic import ensure_synthetic_coco
-from detector.engine.checkpoint import (CheckpointError, StateDictMismatchError, load_model_checkpoint,
-                                        model_state_from_checkpoint, save_checkpoint)
 from detector.evaluation import ResultsFormatError, load_results
 from detector.evaluation.results import check_result_columns
 from detector.models import build_model
+from detector.runtime.checkpoint import CheckpointError, save_checkpoint
+from detector.runtime.model_state import StateDictMismatchError, load_model_checkpoint, model_state_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "quickstart.yaml"
