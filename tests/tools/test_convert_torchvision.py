@@ -7,6 +7,7 @@ transform is set to that size, so neither side resizes; focaldet gets the same p
 """
 
 import copy
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -90,7 +91,7 @@ def test_converted_model_gives_torchvision_detections(torchvision_models, images
     assert detected == version
     model = build_model(torchvision_model_config(version, num_classes=91)).eval()
     model.load_state_dict(converted)
-    model.head.max_dets = tv_model.detections_per_img  # 300: compare every detection
+    model.head.inference = dataclasses.replace(model.head.inference, max_dets=tv_model.detections_per_img)  # 300
     image = images[:1]  # one image here; the end-to-end test below runs a batch of two
     with torch.no_grad():
         expected = tv_model(list(image))
