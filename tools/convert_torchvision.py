@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detector.models.torchvision_import import DEFAULT_BN_EPS, ConversionError, convert_torchvision
+from detector.conversion.torchvision_retinanet import DEFAULT_BN_EPS, ConversionError, convert_torchvision
 
 
 def parse_args(argv=None) -> argparse.Namespace:

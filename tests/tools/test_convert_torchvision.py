@@ -19,9 +19,9 @@ from torchvision.models.detection import (RetinaNet_ResNet50_FPN_Weights, retina
                                           retinanet_resnet50_fpn_v2)
 
 from detector.config import load_config
+from detector.conversion.torchvision_retinanet import (COCO_CATEGORY_IDS, ConversionError, convert_state_dict,
+                                                       torchvision_model_config, upgrade_legacy_keys)
 from detector.models import build_model
-from detector.models.torchvision_import import (COCO_CATEGORY_IDS, ConversionError, convert_state_dict,
-                                                torchvision_model_config, upgrade_legacy_keys)
 from detector.runtime.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,0 +1,1 @@
+"""Conversions into focaldet's formats: other frameworks' weights and other datasets' labels."""
