@@ -20,7 +20,7 @@ from pathlib import Path
 
 from detector.config import ConfigError, load_config
 from detector.data.build import build_train_loader, build_val_loader, prepare_synthetic_data
-from detector.data.coco import BadImageError
+from detector.data.detection_dataset import BadImageError
 from detector.runtime.logging_setup import setup_logging
 from detector.visualization import iter_drawn_samples, save_png
 

@@ -21,7 +21,8 @@ import torch
 
 from detector.config import ConfigError, load_config
 from detector.data.build import prepare_synthetic_data
-from detector.data.coco import BadImageError, CocoDetection
+from detector.data.coco import CocoDetection
+from detector.data.detection_dataset import BadImageError
 from detector.data.lvis import LVISDetection
 from detector.engine.evaluate import build_evaluator, evaluate_model
 from detector.evaluation import (format_metrics_table, format_per_class_table, load_results, load_results_columnar,

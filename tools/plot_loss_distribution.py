@@ -20,7 +20,7 @@ from detector.analysis.loss_distribution import (NEGATIVE_MODES, collect_classif
                                                  plot_loss_distribution)
 from detector.config import ConfigError, load_config
 from detector.data.build import build_val_loader, prepare_synthetic_data
-from detector.data.coco import BadImageError
+from detector.data.detection_dataset import BadImageError
 from detector.models import build_model
 from detector.runtime.checkpoint import CheckpointError
 from detector.runtime.device import resolve_device

@@ -16,7 +16,7 @@ from pathlib import Path
 from detector.analysis.score_iou import collect_score_iou, plot_score_iou
 from detector.config import ConfigError, load_config
 from detector.data.build import build_val_loader, prepare_synthetic_data
-from detector.data.coco import BadImageError
+from detector.data.detection_dataset import BadImageError
 from detector.models import build_model
 from detector.runtime.checkpoint import CheckpointError
 from detector.runtime.device import resolve_device

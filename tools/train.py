@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from detector.config import ConfigError, load_config
-from detector.data.coco import BadImageError
+from detector.data.detection_dataset import BadImageError
 from detector.engine.trainer import NonFiniteLossError, TrainingInterrupted, train
 from detector.evaluation import format_metrics_table
 from detector.runtime.checkpoint import CheckpointError

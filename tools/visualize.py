@@ -22,7 +22,7 @@ from pathlib import Path
 
 from detector.config import ConfigError, load_config
 from detector.data.build import build_dataset, prepare_synthetic_data
-from detector.data.coco import BadImageError
+from detector.data.detection_dataset import BadImageError
 from detector.evaluation import load_results
 from detector.models import build_model
 from detector.runtime.checkpoint import CheckpointError
