@@ -85,7 +85,7 @@ def eval_tool():
 @pytest.fixture
 def eval_main(eval_tool, monkeypatch, capsys):
     """tools/eval.py's main(argv) in this process -> (exit code, stderr)."""
-    monkeypatch.setattr(eval_tool, "setup_logging", lambda rank: None)  # keep pytest's logging as it is
+    monkeypatch.setattr(eval_tool, "start_logging", lambda rank=0: None)  # keep pytest's logging as it is
 
     def call(*argv):
         code = eval_tool.main([str(a) for a in argv])
