@@ -3,7 +3,8 @@
 The step runs as ``DenseDetector.forward`` does: ``model.dense_outputs`` (its backbone, neck, head and
 anchor generator timed by forward hooks), then ``head.loss``, backward and the optimizer; each stage inside a
 ``torch.profiler.record_function`` label and timed with ``perf_counter`` after a device synchronisation. The
-assignment is timed by wrapping the head's assigner, and "loss" is the rest of ``head.loss``. The table gives the median ms of each stage over the repeats and its share of their sum.
+assignment is timed by wrapping the head's assigner, and "loss" is the rest of ``head.loss``. The table gives
+the median ms of each stage over the repeats and its share of their sum.
 One more step runs under ``torch.profiler`` and the operators with the largest self time are listed.
 
     python benchmarks/profile_step.py                                  # RetinaNet R50-FPN, 512 px, batch 2

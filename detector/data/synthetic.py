@@ -1,7 +1,7 @@
 """Deterministic synthetic COCO-format detection dataset.
 
-Every class has its own shape, base colour and texture (synthetic_shapes.py); objects are drawn on textured grey backgrounds
-(low saturation, so never confusable with the saturated objects), with sizes log-uniform between
+Every class has its own shape, base colour and texture (synthetic_shapes.py); objects are drawn on textured
+grey backgrounds (low saturation, so never confusable with the saturated objects), with sizes log-uniform between
 `min_object_size` and `max_object_size` so that every FPN level sees objects. Boxes are the tight pixel
 extent of each drawn mask. Category ids are non-contiguous (1, 3, 5, ...) and image ids odd numbers, so
 code that confuses ids with indices fails on it. The quick start trains a tiny RetinaNet on it on a CPU.

@@ -83,7 +83,7 @@ class L1Loss:
 
 @dataclass(frozen=True)
 class SmoothL1Loss:
-    """Smooth L1 on box deltas with transition ``beta`` (Girshick 2015): 0.5 x^2 / beta below it, |x| - 0.5 beta above."""
+    """Smooth L1 on box deltas (Girshick 2015): with x = d - t, 0.5 x^2 / beta where |x| < beta, else |x| - 0.5 beta."""
     beta: float = 0.11
     on_boxes: ClassVar[bool] = False
 

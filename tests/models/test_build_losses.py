@@ -2,11 +2,13 @@
 the objects know what the heads must know (soft targets, decoded boxes)."""
 
 import math
+import typing
 
 import pytest
 import torch
 
 from detector.config import load_config, save_config
+from detector.config_schema import BoxLossConfig, ClsLossConfig
 from detector.losses import (EqualizedFocalLoss, EqualizedQualityFocalLoss, FocalLoss, FocalLossStar, GIoULoss, L1Loss,
                              QualityFocalLoss, SmoothL1Loss, focal_loss, focal_loss_star, quality_focal_loss,
                              smooth_l1_loss)
@@ -21,14 +23,17 @@ def model_config(config, *overrides):
 
 
 def test_one_table_entry_per_config_name():
-    cls_types = {"focal", "focal_star", "quality_focal", "equalized_focal"}
-    assert set(CLS_LOSSES) == cls_types
-    assert set(BOX_LOSSES) == {"l1", "smooth_l1", "giou", "dfl+giou"}
+    """Every type the schema accepts has its constructor, and the table holds nothing else."""
+    cls_types = typing.get_args(typing.get_type_hints(ClsLossConfig)["type"])
+    box_types = typing.get_args(typing.get_type_hints(BoxLossConfig)["type"])
+    assert set(CLS_LOSSES) == set(cls_types) == {"focal", "focal_star", "quality_focal", "equalized_focal"}
+    assert set(BOX_LOSSES) == set(box_types) == {"l1", "smooth_l1", "giou", "dfl+giou"}
 
 
 @pytest.mark.parametrize("config, overrides, expected, soft", [
     (RETINANET, [], FocalLoss(alpha=0.25, gamma=2.0), False),
-    (RETINANET, ["model.loss_cls.type=focal_star", "model.loss_cls.gamma=3"], FocalLossStar(gamma=3.0, beta=1.0), False),
+    (RETINANET, ["model.loss_cls.type=focal_star", "model.loss_cls.gamma=3"], FocalLossStar(gamma=3.0, beta=1.0),
+     False),
     (RETINANET, ["model.loss_cls.type=quality_focal"], QualityFocalLoss(beta=2.0), True),
     (GFL, [], QualityFocalLoss(beta=2.0), True),
     (GFL, ["model.loss_cls.type=focal", "model.loss_cls.alpha=0.5"], FocalLoss(alpha=0.5, gamma=2.0), False),
