@@ -125,9 +125,11 @@ class ClsLossConfig:
             raise ValueError("loss_cls.type focal_star divides by gamma: loss_cls.gamma must be > 0")
         if self.alpha > 1:
             raise ValueError(f"loss_cls.alpha must be <= 1 (< 0 disables it), got {self.alpha}")
-        if self.beta is not None:
-            if self.type in ("focal_star", "quality_focal"):
-                object.__setattr__(self, f"{self.type}_beta", float(self.beta))
+        if self.beta is not None:  # (frozen dataclass: fields are set through object.__setattr__)
+            if self.type == "focal_star":
+                object.__setattr__(self, "focal_star_beta", float(self.beta))
+            elif self.type == "quality_focal":
+                object.__setattr__(self, "quality_focal_beta", float(self.beta))
             object.__setattr__(self, "beta", None)  # one meaning per key from here on
 
 
