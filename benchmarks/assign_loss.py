@@ -1,7 +1,7 @@
 """Target assignment + loss as a share of a training step, scaling with the number of ground-truth boxes.
 
-For each detector (RetinaNet R50-FPN: MaxIoU + focal + L1; GFL R50-FPN: ATSS + QFL + DFL + GIoU) the head
-outputs of one batch are computed once and detached; then, with 10 / 50 / 200 boxes per image:
+For each detector (RetinaNet R50-FPN: MaxIoU + focal + L1; GFL R50-FPN: ATSS + QFL + DFL + GIoU) the
+model's ``dense_outputs`` of one batch are computed once and detached; then, with 10 / 50 / 200 boxes per image:
 
 * assign: ``assigner.assign_batched`` on the padded ground truths (the IoU matrix of G boxes x all anchors
   for MaxIoU, the per-level nearest candidates for ATSS), timed by wrapping the assigner;
@@ -31,7 +31,12 @@ from benchmarks.common import (build_ours, clock, clock_name, default_device, ma
 TARGETS = {"retinanet": 0.05, "gfl": 0.10}  # the share of the step assign + loss may take
 
 
-def _time_assign_loss(model, outputs, anchors, per_level, targets, device, repeats: int) -> tuple[float, float]:
+def _leaf(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """A detached copy that requires grad: the loss's backward stops at the head outputs."""
+    return None if tensor is None else tensor.detach().requires_grad_()
+
+
+def _time_assign_loss(model, outputs, targets, device, repeats: int) -> tuple[float, float]:
     """Median seconds of (assignment, loss forward + backward into the outputs)."""
     assigner = model.head.assigner
     original = assigner.assign_batched
@@ -46,14 +51,14 @@ def _time_assign_loss(model, outputs, anchors, per_level, targets, device, repea
         return out
 
     assigner.assign_batched = timed
-    grads_of = [o for o in outputs if o is not None]
+    grads_of = [o for o in (outputs.pred_logits, outputs.pred_regression, outputs.pred_quality) if o is not None]
     assign_times, loss_times = [], []
     try:
         for i in range(repeats + 1):
             spent[0] = 0.0
             sync(device)
             start = clock()
-            losses = model.head.loss(outputs, anchors, per_level, targets)
+            losses = model.head.loss(outputs, targets)
             torch.autograd.grad(sum(losses.values()), grads_of, allow_unused=True)
             sync(device)
             total = clock() - start
@@ -87,22 +92,22 @@ def run(detectors=("retinanet", "gfl"), box_counts=(10, 50, 200), size: int = 64
 
         step = median(time_rotating({name: train_step}, step_repeats, warmup=1, device=device)[name])
         with torch.no_grad():
-            features = model.neck(model.backbone(images))
-            outputs = model.head(features)
-            anchors, per_level = model.anchor_generator(features)
-        outputs = tuple(o.detach().requires_grad_() if o is not None else None for o in outputs)
+            outputs = model.dense_outputs(images)
+        outputs = outputs._replace(pred_logits=_leaf(outputs.pred_logits),
+                                   pred_regression=_leaf(outputs.pred_regression),
+                                   pred_quality=_leaf(outputs.pred_quality))
         rows = {}
         for count in sorted(set(box_counts) | {step_boxes}):
             _, targets = make_inputs(batch, size, count, classes, seed=count)
             targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-            rows[count] = _time_assign_loss(model, outputs, anchors, per_level, targets, device, repeats)
+            rows[count] = _time_assign_loss(model, outputs, targets, device, repeats)
         base_assign, base_loss = rows[step_boxes]
         network = step - base_assign - base_loss
         table = {}
         for count, (assign, loss) in rows.items():
             total = network + assign + loss
             table[count] = {"assign": assign, "loss": loss, "step": total, "share": (assign + loss) / total}
-        results[name] = {"rows": table, "target": TARGETS.get(name), "anchors": int(anchors.shape[0]),
+        results[name] = {"rows": table, "target": TARGETS.get(name), "anchors": int(outputs.anchors.shape[0]),
                          "met": table[step_boxes]["share"] <= TARGETS.get(name, 1.0)}
         del model, optimizer, outputs
     if verbose:

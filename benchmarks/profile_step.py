@@ -1,9 +1,10 @@
 """Where a training step's time goes: backbone, neck, head, anchors, assignment, loss, backward, optimizer.
 
-The step is run stage by stage from outside the model (the same calls ``DenseDetector.forward`` makes),
-each stage inside a ``torch.profiler.record_function`` label and timed with ``perf_counter`` after a device
-synchronisation; the assignment is timed by wrapping the head's assigner, and "loss" is the rest of
-``head.loss``. The table gives the median ms of each stage over the repeats and its share of their sum.
+The step runs as ``DenseDetector.forward`` does: ``model.dense_outputs`` (its backbone, neck, head and
+anchor generator timed by forward hooks), then ``head.loss``, backward and the optimizer; each stage inside a
+``torch.profiler.record_function`` label and timed with ``perf_counter`` after a device synchronisation. The
+assignment is timed by wrapping the head's assigner, and "loss" is the rest of ``head.loss``. The table gives
+the median ms of each stage over the repeats and its share of their sum.
 One more step runs under ``torch.profiler`` and the operators with the largest self time are listed.
 
     python benchmarks/profile_step.py                                  # RetinaNet R50-FPN, 512 px, batch 2
@@ -13,6 +14,7 @@ One more step runs under ``torch.profiler`` and the operators with the largest s
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -46,6 +48,41 @@ class _AssignTimer:
         assigner.assign_batched = timed
 
 
+class _ModuleTimer:
+    """While entered, forward hooks time the modules ``dense_outputs`` calls (synchronised, each in a
+    ``record_function`` label) into ``times``."""
+
+    STAGE_MODULES = (("backbone", "backbone"), ("neck", "neck"), ("head", "head"), ("anchors", "anchor_generator"))
+
+    def __init__(self, model, device, times: dict[str, float]):
+        self.model, self.device, self.times = model, device, times
+        self.handles, self.open = [], {}
+
+    def _start(self, stage, module, args):
+        sync(self.device)
+        label = record_function(stage)
+        label.__enter__()
+        self.open[stage] = (label, clock())
+
+    def _stop(self, stage, module, args, output):
+        sync(self.device)
+        label, start = self.open.pop(stage)
+        self.times[stage] = clock() - start
+        label.__exit__(None, None, None)
+
+    def __enter__(self):
+        for stage, name in self.STAGE_MODULES:
+            module = getattr(self.model, name)
+            self.handles.append(module.register_forward_pre_hook(partial(self._start, stage)))
+            self.handles.append(module.register_forward_hook(partial(self._stop, stage)))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
 def step_by_stage(model, optimizer, images, targets, device, assign_timer) -> dict[str, float]:
     """One training step; seconds per stage."""
     times = {}
@@ -59,12 +96,10 @@ def step_by_stage(model, optimizer, images, targets, device, assign_timer) -> di
         times[name] = clock() - start
         return out
 
-    c_features = run("backbone", lambda: model.backbone(images))
-    features = run("neck", lambda: model.neck(c_features))
-    outputs = run("head", lambda: model.head(features))
-    anchors, per_level = run("anchors", lambda: model.anchor_generator(features))
+    with _ModuleTimer(model, device, times):
+        outputs = model.dense_outputs(images)
     assign_timer.total = 0.0
-    losses = run("loss", lambda: model.head.loss(outputs, anchors, per_level, targets))
+    losses = run("loss", lambda: model.head.loss(outputs, targets))
     times["assignment"] = assign_timer.total
     times["loss"] -= assign_timer.total
     run("backward", lambda: sum(losses.values()).backward())

@@ -30,8 +30,8 @@ FEATURES = ["baseline", "channels_last", "fused_optimizer", "compile", "cudnn_be
 
 
 def _variant(feature: str, depth: int, classes: int, device: torch.device, images, targets):
+    from detector.engine.model_setup import compile_network
     from detector.engine.optim import build_optimizer
-    from detector.engine.trainer import compile_network
 
     model = build_ours("retinanet", classes, depth=depth).to(device).train()
     inputs = images

@@ -103,17 +103,18 @@ class AssignerConfig:
             raise ValueError(f"assigner.topk must be >= 1, got {self.topk}")
 
 
-CLS_LOSS_TYPES = ("focal", "focal_star", "quality_focal", "equalized_focal")
-
-
 @dataclass(frozen=True)
 class ClsLossConfig:
-    """focal: FL(alpha, gamma); focal_star: FL*(gamma, beta); quality_focal: QFL(beta) on IoU targets;
-    equalized_focal: EFL(alpha, gamma_b = gamma, s = scale), in its quality form on the GFL head."""
+    """focal: FL(alpha, gamma); focal_star: FL*(gamma, focal_star_beta); quality_focal: QFL(quality_focal_beta)
+    on IoU targets; equalized_focal: EFL(alpha, gamma_b = gamma, s = scale), in its quality form on the GFL head."""
     type: Literal["focal", "focal_star", "quality_focal", "equalized_focal"] = "focal"
     alpha: float = 0.25  # < 0 disables the alpha weighting
     gamma: float = 2.0
-    beta: Optional[float] = None  # FL*: beta (default 1); QFL: the exponent beta (default 2)
+    focal_star_beta: float = 1.0     # FL*: the shift beta in -log(sigmoid(gamma x_t + beta)) / gamma
+    quality_focal_beta: float = 2.0  # QFL: the exponent beta in |y - sigma|^beta
+    # The single key of older configs: the beta of the chosen type (focal_star or quality_focal). When set, it
+    # is moved into focal_star_beta / quality_focal_beta as the type says and becomes null.
+    beta: Optional[float] = None
     scale: float = 8.0  # EFL: s in gamma_j = gamma_b + s (1 - g_j)
     weight: float = 1.0
 
@@ -124,6 +125,12 @@ class ClsLossConfig:
             raise ValueError("loss_cls.type focal_star divides by gamma: loss_cls.gamma must be > 0")
         if self.alpha > 1:
             raise ValueError(f"loss_cls.alpha must be <= 1 (< 0 disables it), got {self.alpha}")
+        if self.beta is not None:  # (frozen dataclass: fields are set through object.__setattr__)
+            if self.type == "focal_star":
+                object.__setattr__(self, "focal_star_beta", float(self.beta))
+            elif self.type == "quality_focal":
+                object.__setattr__(self, "quality_focal_beta", float(self.beta))
+            object.__setattr__(self, "beta", None)  # one meaning per key from here on
 
 
 @dataclass(frozen=True)

@@ -18,33 +18,28 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detector.config import ConfigError, load_config
+from detector.cli.common import add_config_argument, add_opts_argument, load_tool_config, run_tool, tool_parser
 from detector.models import build_model
 from detector.models.analysis import analyze, format_table, padded_size
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="YAML config file")
+    parser = tool_parser(__doc__)
+    add_config_argument(parser)
     parser.add_argument("--input-size", nargs=2, type=int, default=[800, 1333], metavar=("H", "W"),
                         help="input height and width before padding (default 800 1333)")
     parser.add_argument("--depth", type=int, default=1, help="module levels shown (default 1; 0: total only)")
     parser.add_argument("--device", default="cpu", help="device of the counting forward (default cpu)")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    add_opts_argument(parser)
     args = parser.parse_args(argv)
     if min(args.input_size) < 1 or args.depth < 0:
         parser.error("--input-size needs positive sides and --depth must be >= 0")
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        # the weights do not change any count: never download or read them here
-        cfg = load_config(args.config, ["model.backbone.weights=null", "model.init_checkpoint=null", *args.opts])
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> None:
+    # the weights do not change any count: never download or read them here
+    cfg = load_tool_config(args.config, args.opts, fixed=["model.backbone.weights=null", "model.init_checkpoint=null"])
     height, width = padded_size(*args.input_size, cfg.data.size_divisor)
     rows, total_flops = analyze(build_model(cfg), (height, width), args.depth, device=args.device)
     total = rows[0]
@@ -52,7 +47,11 @@ def main(argv=None) -> int:
     print(f"\n{args.config}: {total.params:,} parameters ({total.trainable:,} trainable); "
           f"{total_flops / 1e9:.2f} GFLOPs for one {height}x{width} input ({args.input_size[0]}x{args.input_size[1]} "
           f"padded to a multiple of {cfg.data.size_divisor}; FlopCounterMode, 1 multiply-add = 2 FLOPs)")
-    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return run_tool(lambda: run(args), bad_input=())
 
 
 if __name__ == "__main__":

@@ -18,61 +18,51 @@ import logging
 import sys
 from pathlib import Path
 
-from detector.config import ConfigError, load_config
+from detector.cli.common import (add_config_argument, add_opts_argument, load_tool_config, run_tool, start_logging,
+                                 tool_parser)
 from detector.data.build import build_train_loader, build_val_loader, prepare_synthetic_data
-from detector.data.coco import BadImageError
-from detector.engine.logging_setup import setup_logging
 from detector.visualization import iter_drawn_samples, save_png
 
 logger = logging.getLogger("detector")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="YAML config file")
+    parser = tool_parser(__doc__)
+    add_config_argument(parser)
     parser.add_argument("--out-dir", required=True, help="folder for the PNGs (created)")
     parser.add_argument("--split", choices=("train", "val"), default="train",
                         help="train: the training loader with its augmentation (default); val: the val loader")
     parser.add_argument("--max-images", type=int, default=16,
                         help="at most this many images, from the first epoch (default 16)")
     parser.add_argument("--scale", type=int, default=1, help="enlarge the images this many times (default 1)")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    add_opts_argument(parser)
     args = parser.parse_args(argv)
     if args.max_images < 1 or args.scale < 1:
         parser.error("--max-images and --scale must be >= 1")
     return args
 
 
-def run(args: argparse.Namespace, cfg) -> list[Path]:
+def run(args: argparse.Namespace) -> None:
+    cfg = load_tool_config(args.config, args.opts)
+    prepare_synthetic_data(cfg)
     if args.split == "train":
         loader, sampler = build_train_loader(cfg)
         sampler.set_epoch(0)  # the first epoch's order and augmentation, as training draws them
     else:
         loader = build_val_loader(cfg)
     dataset = getattr(loader.dataset, "dataset", loader.dataset)  # the train set is wrapped in a SeededDataset
-    written = []
+    written = 0
     for stem, image in iter_drawn_samples(loader, cfg.data.mean, cfg.data.std, dataset.class_names,
                                           args.max_images, args.scale):
-        written.append(save_png(image, Path(args.out_dir) / f"{stem}.png"))
-    return written
+        save_png(image, Path(args.out_dir) / f"{stem}.png")
+        written += 1
+    logger.info("wrote %d images to %s", written, args.out_dir)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logging(0)
-    try:
-        cfg = load_config(args.config, args.opts)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    prepare_synthetic_data(cfg)
-    try:
-        written = run(args, cfg)
-    except (FileNotFoundError, ValueError, BadImageError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    logger.info("wrote %d images to %s", len(written), args.out_dir)
-    return 0
+    start_logging()
+    return run_tool(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -23,11 +23,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detector.models.torchvision_import import DEFAULT_BN_EPS, ConversionError, convert_torchvision
+from detector.cli.common import run_tool, tool_parser
+from detector.conversion.torchvision_retinanet import DEFAULT_BN_EPS, ConversionError, convert_torchvision
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument("state_dict", nargs="?", help="a torchvision RetinaNet state dict file (.pth)")
     parser.add_argument("--weights", help="a torchvision weight name, e.g. RetinaNet_ResNet50_FPN_Weights.COCO_V1")
     parser.add_argument("--out", required=True, help="the focaldet checkpoint to write (.pt); the config goes "
@@ -45,19 +46,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        checkpoint, config, version = convert_torchvision(args.state_dict or args.weights, args.out,
-                                                          version=args.version, all_classes=args.all_classes,
-                                                          bn_eps=args.bn_eps)
-    except (ConversionError, FileNotFoundError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+def convert(args: argparse.Namespace) -> None:
+    checkpoint, config, version = convert_torchvision(args.state_dict or args.weights, args.out, version=args.version,
+                                                      all_classes=args.all_classes, bn_eps=args.bn_eps)
     print(f"torchvision RetinaNet {version} -> {checkpoint}\nconfig: {config}\n"
           f"evaluate: python tools/eval.py {config} {checkpoint}\n"
           f"fine-tune: python tools/train.py {config}  (model.init_checkpoint loads the converted weights)")
-    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return run_tool(lambda: convert(args), bad_input=(ConversionError, FileNotFoundError, OSError))
 
 
 if __name__ == "__main__":

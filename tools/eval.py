@@ -19,30 +19,28 @@ import sys
 
 import torch
 
-from detector.config import ConfigError, load_config
+from detector.cli.common import (add_config_argument, add_opts_argument, load_tool_config, load_trained_model,
+                                 run_tool, start_logging, tool_parser)
 from detector.data.build import prepare_synthetic_data
-from detector.data.coco import BadImageError, CocoDetection
+from detector.data.coco import CocoDetection
 from detector.data.lvis import LVISDetection
-from detector.engine.checkpoint import CheckpointError, StateDictMismatchError, load_model_checkpoint
-from detector.engine.distributed import barrier, get_rank, init_distributed, is_main_process
 from detector.engine.evaluate import build_evaluator, evaluate_model
-from detector.engine.logging_setup import setup_logging
-from detector.engine.trainer import resolve_device
 from detector.evaluation import (format_metrics_table, format_per_class_table, load_results, load_results_columnar,
                                  write_metrics_json)
 from detector.evaluation.results import check_result_columns
-from detector.models import build_model
+from detector.runtime.device import resolve_device
+from detector.runtime.distributed import barrier, get_rank, init_distributed, is_main_process
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="YAML config file")
+    parser = tool_parser(__doc__)
+    add_config_argument(parser)
     parser.add_argument("checkpoint", nargs="?", help="checkpoint (.pt) holding the model weights")
     parser.add_argument("--results", help="score this COCO-format results JSON instead of running a model")
     parser.add_argument("--out", help="write the model's detections to this COCO-format results JSON")
     parser.add_argument("--metrics-out", help="write the metrics as flat JSON")
     parser.add_argument("--per-class", action="store_true", help="print AP per class")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    add_opts_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--shard-dir", default="work_dirs/eval_shards",
                         help="folder shared by all processes for LVIS result shards (several processes only)")
@@ -72,13 +70,7 @@ def evaluate_checkpoint(cfg, config: str, checkpoint: str, out: str | None, per_
                         shard_dir: str) -> dict:
     _, _, local_rank = init_distributed()
     device = resolve_device(cfg.runtime.device, local_rank)
-    model = build_model(cfg)
-    try:
-        load_model_checkpoint(model, checkpoint)
-    except StateDictMismatchError as err:
-        raise CheckpointError(f"{err}\n  (was {checkpoint} trained with another config than {config}? Keys and "
-                              "shapes follow model.num_classes, model.backbone.depth, model.neck.* and "
-                              "model.head.*)") from None
+    model = load_trained_model(cfg, checkpoint, config)
     if cfg.data.on_bad_image == "skip":
         logging.getLogger("detector").warning(
             "data.on_bad_image=skip: an unreadable val image is replaced by the next one, which is then scored "
@@ -90,29 +82,16 @@ def evaluate_checkpoint(cfg, config: str, checkpoint: str, out: str | None, per_
                           shard_dir=shard_dir)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    init_distributed()
-    setup_logging(get_rank())
-    try:
-        cfg = load_config(args.config, args.opts)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> int:
+    cfg = load_tool_config(args.config, args.opts)
     if is_main_process():
         prepare_synthetic_data(cfg)  # the quick start's val set, generated on first use
     barrier()
-    try:
-        if args.results:
-            metrics = score_results_file(cfg, args.results, args.per_class)
-        else:
-            metrics = evaluate_checkpoint(cfg, args.config, args.checkpoint, args.out, args.per_class,
-                                          not args.no_progress, args.shard_dir)
-    except (FileNotFoundError, ValueError, CheckpointError, BadImageError) as err:
-        # Known bad input (annotation, image, checkpoint or results file): the message names the file and
-        # the entry; a traceback would only bury it.
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if args.results:
+        metrics = score_results_file(cfg, args.results, args.per_class)
+    else:
+        metrics = evaluate_checkpoint(cfg, args.config, args.checkpoint, args.out, args.per_class,
+                                      not args.no_progress, args.shard_dir)
     if not is_main_process():
         return 0
     print(format_metrics_table(metrics))
@@ -125,6 +104,13 @@ def main(argv=None) -> int:
     if args.metrics_out:
         write_metrics_json(args.metrics_out, metrics)
     return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    init_distributed()
+    start_logging(get_rank())
+    return run_tool(lambda: run(args), rank=get_rank())
 
 
 if __name__ == "__main__":

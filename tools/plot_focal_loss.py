@@ -11,10 +11,11 @@ import argparse
 import sys
 
 from detector.analysis.focal_curves import plot_focal_loss
+from detector.cli.common import EXIT_BAD_CONFIG, tool_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument("--out", required=True, help="output PNG file")
     parser.add_argument("--gammas", type=float, nargs="+", default=[0, 0.5, 1, 2, 5], help="focusing parameters")
     return parser.parse_args(argv)
@@ -24,7 +25,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if any(g < 0 for g in args.gammas):
         print(f"error: gammas must be >= 0, got {args.gammas}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_CONFIG
     print(f"wrote {plot_focal_loss(args.gammas, args.out)}")
     return 0
 

@@ -18,53 +18,44 @@ import sys
 from detector.analysis.loss_distribution import (NEGATIVE_MODES, collect_classification_logits, format_readings,
                                                  loss_distribution_readings, num_samples_text,
                                                  plot_loss_distribution)
-from detector.config import ConfigError, load_config
+from detector.cli.common import (add_config_argument, add_opts_argument, load_tool_config, load_trained_model,
+                                 run_tool, start_logging, tool_parser)
 from detector.data.build import build_val_loader, prepare_synthetic_data
-from detector.data.coco import BadImageError
-from detector.engine.checkpoint import CheckpointError, load_model_checkpoint
-from detector.engine.logging_setup import setup_logging
-from detector.engine.trainer import resolve_device
-from detector.models import build_model
+from detector.runtime.device import resolve_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="YAML config file of the trained model")
+    parser = tool_parser(__doc__)
+    add_config_argument(parser, "YAML config file of the trained model")
     parser.add_argument("checkpoint", help="checkpoint (.pt) holding the model weights")
     parser.add_argument("--out", required=True, help="output PNG file")
     parser.add_argument("--gammas", type=float, nargs="+", default=[0, 0.5, 1, 2])
     parser.add_argument("--max-images", type=int, default=None, help="use the first N val images")
     parser.add_argument("--negatives", choices=NEGATIVE_MODES, default="all_classes")
     parser.add_argument("--max-negatives", type=int, default=10**7, help="seeded subsample cap (paper: ~1e7)")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    add_opts_argument(parser)
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    setup_logging(0)
-    try:  # the checkpoint holds every weight: never fetch backbone weights
-        cfg = load_config(args.config, ["model.backbone.weights=null", *args.opts])
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
-        prepare_synthetic_data(cfg)
-        device = resolve_device(cfg.runtime.device)
-        model = build_model(cfg)
-        load_model_checkpoint(model, args.checkpoint)
-        model.to(device).float()
-        samples = collect_classification_logits(model, build_val_loader(cfg), device, args.max_images,
-                                                args.negatives, args.max_negatives, seed=cfg.runtime.seed)
-        readings, curves = loss_distribution_readings(samples, args.gammas)
-    except (FileNotFoundError, ValueError, CheckpointError, BadImageError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+def run(args: argparse.Namespace) -> None:
+    # the checkpoint holds every weight: never fetch backbone weights
+    cfg = load_tool_config(args.config, args.opts, fixed=["model.backbone.weights=null"])
+    prepare_synthetic_data(cfg)
+    device = resolve_device(cfg.runtime.device)
+    model = load_trained_model(cfg, args.checkpoint, args.config).to(device).float()
+    samples = collect_classification_logits(model, build_val_loader(cfg), device, args.max_images,
+                                            args.negatives, args.max_negatives, seed=cfg.runtime.seed)
+    readings, curves = loss_distribution_readings(samples, args.gammas)
     print(num_samples_text(samples) + f" (negatives: {args.negatives})")
     print(format_readings(readings))
     title = f"{cfg.model.type}: cumulative normalized FL over {samples.num_images} val images"
     print(f"wrote {plot_loss_distribution(curves, samples, args.out, title=title)}")
-    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start_logging()
+    return run_tool(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -9,10 +9,11 @@ import argparse
 import sys
 
 from detector.analysis.metrics_plot import load_run, plot_metrics
+from detector.cli.common import run_tool, tool_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument("runs", nargs="+", help="work dirs (holding metrics.jsonl) or metrics.jsonl files")
     parser.add_argument("--out", required=True, help="output PNG file")
     parser.add_argument("--names", nargs="+", help="legend names (default: the work dir names)")
@@ -22,22 +23,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+def plot(args: argparse.Namespace) -> None:
     names = args.names or [None] * len(args.runs)
-    try:
-        runs = [load_run(path, name) for path, name in zip(args.runs, names)]
-        out = plot_metrics(runs, args.out)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    runs = [load_run(path, name) for path, name in zip(args.runs, names)]
+    out = plot_metrics(runs, args.out)
     for run in runs:
         last = {k: v[-1] for k, (_, v) in run.series.items() if k.startswith("val/")}
         iters = run.series.get("train/loss", ([0], [0]))[0]
         print(f"{run.name}: {len(iters)} logged steps up to iteration {iters[-1]}"
               + (f", last evaluation {', '.join(f'{k[4:]} {v:.4f}' for k, v in last.items())}" if last else ""))
     print(f"wrote {out}")
-    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    return run_tool(lambda: plot(args), bad_input=(FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

@@ -17,47 +17,37 @@ from pathlib import Path
 
 from detector.analysis.sample_ratio import (annotation_batches, count_samples, format_counts, instances_per_class,
                                             plot_sample_ratio)
-from detector.config import ConfigError, load_config
+from detector.cli.common import (add_config_argument, add_opts_argument, load_tool_config, run_tool, start_logging,
+                                 tool_parser)
 from detector.data.build import DATASETS, prepare_synthetic_data
-from detector.engine.logging_setup import setup_logging
 from detector.models import build_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="YAML config file (its model's anchors and assigner, its data)")
+    parser = tool_parser(__doc__)
+    add_config_argument(parser, "YAML config file (its model's anchors and assigner, its data)")
     parser.add_argument("--out", required=True, help="output PNG file")
     parser.add_argument("--split", choices=("train", "val"), default="train")
     parser.add_argument("--max-images", type=int, default=None, help="use the first N images of the split")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    add_opts_argument(parser)
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    setup_logging(0)
-    try:  # only anchors and the assigner are used: never fetch backbone weights
-        cfg = load_config(args.config, ["model.backbone.weights=null", *args.opts])
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+def run(args: argparse.Namespace) -> None:
+    # only anchors and the assigner are used: never fetch backbone weights
+    cfg = load_tool_config(args.config, args.opts, fixed=["model.backbone.weights=null"])
     data, split = cfg.data, getattr(cfg.data, args.split)
     min_size, max_size = (max(data.min_size), data.max_size) if args.split == "train" else \
         (data.test_min_size, data.test_max_size)
-    try:
-        prepare_synthetic_data(cfg)
-        dataset = DATASETS[split.format](split.ann_file, img_dir=None, filter_empty=split.filter_empty)
-        if dataset.num_classes != cfg.model.num_classes:
-            raise ValueError(f"{split.ann_file} has {dataset.num_classes} categories but model.num_classes is "
-                             f"{cfg.model.num_classes}")
-        model = build_model(cfg)
-        batches = annotation_batches(dataset, min_size, max_size, data.size_divisor, data.batch_size,
-                                     args.max_images)
-        counts = count_samples(model.anchor_generator, model.head.assigner, batches, dataset.num_classes)
-        instances = instances_per_class(dataset, dataset.num_classes, args.max_images)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    prepare_synthetic_data(cfg)
+    dataset = DATASETS[split.format](split.ann_file, img_dir=None, filter_empty=split.filter_empty)
+    if dataset.num_classes != cfg.model.num_classes:
+        raise ValueError(f"{split.ann_file} has {dataset.num_classes} categories but model.num_classes is "
+                         f"{cfg.model.num_classes}")
+    model = build_model(cfg)
+    batches = annotation_batches(dataset, min_size, max_size, data.size_divisor, data.batch_size, args.max_images)
+    counts = count_samples(model.anchor_generator, model.head.assigner, batches, dataset.num_classes)
+    instances = instances_per_class(dataset, dataset.num_classes, args.max_images)
     frequency = getattr(dataset, "category_frequency", None) or None
     print(f"{args.split}: {counts.num_images} images, assigner {model.head.assigner!r}")
     print(format_counts(counts, instances, dataset.class_names, frequency))
@@ -69,7 +59,12 @@ def main(argv=None) -> int:
                 print(f"group {group}: {len(members)} categories, pooled pos/neg {ratio:.2e}")
     title = f"{Path(args.config).stem} ({cfg.model.assigner.type} assigner), {args.split}: {split.ann_file}"
     print(f"wrote {plot_sample_ratio(counts, instances, args.out, frequency, title=title)}")
-    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start_logging()
+    return run_tool(lambda: run(args), bad_input=(FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

@@ -14,22 +14,19 @@ import sys
 from pathlib import Path
 
 from detector.analysis.score_iou import collect_score_iou, plot_score_iou
-from detector.config import ConfigError, load_config
+from detector.cli.common import (add_opts_argument, load_tool_config, load_trained_model, run_tool, start_logging,
+                                 tool_parser)
 from detector.data.build import build_val_loader, prepare_synthetic_data
-from detector.data.coco import BadImageError
-from detector.engine.checkpoint import CheckpointError, load_model_checkpoint
-from detector.engine.logging_setup import setup_logging
-from detector.engine.trainer import resolve_device
-from detector.models import build_model
+from detector.runtime.device import resolve_device
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = tool_parser(__doc__)
     parser.add_argument("models", nargs="+", metavar="CONFIG CHECKPOINT", help="pairs of config and checkpoint")
     parser.add_argument("--out", required=True, help="output PNG file")
     parser.add_argument("--names", nargs="+", help="panel names (default: config file stems)")
     parser.add_argument("--max-images", type=int, default=None, help="use the first N val images")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every config")
+    add_opts_argument(parser, "overrides for every config")
     args = parser.parse_args(argv)
     if len(args.models) % 2:
         parser.error(f"give CONFIG CHECKPOINT pairs; got {len(args.models)} paths")
@@ -39,34 +36,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    setup_logging(0)
+def run(args: argparse.Namespace) -> None:
     names = args.names or [Path(config).stem for config, _ in args.pairs]
     results = []
     for (config, checkpoint), name in zip(args.pairs, names):
-        try:  # the checkpoint holds every weight: never fetch backbone weights
-            cfg = load_config(config, ["model.backbone.weights=null", *args.opts])
-        except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        try:
-            prepare_synthetic_data(cfg)
-            device = resolve_device(cfg.runtime.device)
-            model = build_model(cfg)
-            load_model_checkpoint(model, checkpoint)
-            model.to(device).float()
-            result = collect_score_iou(model, build_val_loader(cfg), device, args.max_images)
-        except (FileNotFoundError, ValueError, CheckpointError, BadImageError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+        # the checkpoint holds every weight: never fetch backbone weights
+        cfg = load_tool_config(config, args.opts, fixed=["model.backbone.weights=null"])
+        prepare_synthetic_data(cfg)
+        device = resolve_device(cfg.runtime.device)
+        model = load_trained_model(cfg, checkpoint, config).to(device).float()
+        result = collect_score_iou(model, build_val_loader(cfg), device, args.max_images)
         r_high, num_high = result.correlation_above(0.5)
         print(f"{name}: {len(result.scores)} detections (after NMS) on {result.num_images} images, "
               f"Pearson r(score, IoU) = {result.correlation:.3f}; over the {num_high} with IoU >= 0.5: "
               f"r = {r_high:.3f}")
         results.append(result)
     print(f"wrote {plot_score_iou(results, names, args.out)}")
-    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start_logging()
+    return run_tool(lambda: run(args))
 
 
 if __name__ == "__main__":

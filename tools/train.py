@@ -25,60 +25,49 @@ import signal
 import sys
 from pathlib import Path
 
-from detector.config import ConfigError, load_config
-from detector.data.coco import BadImageError
-from detector.engine.checkpoint import CheckpointError
-from detector.engine.distributed import destroy_distributed, get_rank, init_distributed
-from detector.engine.logging_setup import setup_logging
+from detector.cli.common import (BAD_INPUT_ERRORS, add_config_argument, add_opts_argument, load_tool_config,
+                                 run_tool, start_logging, tool_parser)
 from detector.engine.trainer import NonFiniteLossError, TrainingInterrupted, train
 from detector.evaluation import format_metrics_table
+from detector.runtime.distributed import destroy_distributed, get_rank, init_distributed
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="YAML config file")
+    parser = tool_parser(__doc__)
+    add_config_argument(parser)
     parser.add_argument("--work-dir", help="output folder (default: work_dirs/<config stem>)")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="CHECKPOINT",
                         help="continue from <work dir>/checkpoints/last.pt, or from CHECKPOINT when given")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="config overrides, YAML-typed (e.g. schedule.max_iters=100 data.min_size=[512])")
+    add_opts_argument(parser, "config overrides, YAML-typed (e.g. schedule.max_iters=100 data.min_size=[512])")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_tool_config(args.config, args.opts)
+    work_dir = Path(args.work_dir or os.path.join("work_dirs", Path(args.config).stem))
+    try:
+        metrics = train(cfg, work_dir, resume=args.resume, progress=not args.no_progress)
+    except TrainingInterrupted as stop:
+        if get_rank() == 0:
+            print(f"{stop}; continue with --resume", file=sys.stderr)
+        return 130 if stop.signum == signal.SIGINT else 0
+    if get_rank() == 0 and metrics:
+        print(format_metrics_table(metrics))
+        print(json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}))
+    return 0
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     init_distributed()
-    setup_logging(get_rank())
+    start_logging(get_rank())
     try:
-        cfg = load_config(args.config, args.opts)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    work_dir = Path(args.work_dir or os.path.join("work_dirs", Path(args.config).stem))
-    main_process = get_rank() == 0
-    try:
-        metrics = train(cfg, work_dir, resume=args.resume, progress=not args.no_progress)
-    except TrainingInterrupted as stop:
-        if main_process:
-            print(f"{stop}; continue with --resume", file=sys.stderr)
-        return 130 if stop.signum == signal.SIGINT else 0
-    except (NonFiniteLossError, CheckpointError, FileNotFoundError, ValueError) as err:
-        # A diverged run or bad input (checkpoint, annotation file, a config that does not fit the data):
-        # every process meets it alike, the main one reports it. The message names the file and the entry.
-        if main_process:
-            print(f"error: {err}", file=sys.stderr)
-        return 1
-    except BadImageError as err:
-        # An unreadable image (data.on_bad_image=error) is met only by the process whose shard holds it.
-        print(f"error{'' if main_process else f' (rank {get_rank()})'}: {err}", file=sys.stderr)
-        return 1
+        # A diverged run or bad input (checkpoint, annotation file, image, a config that does not fit the data):
+        # one `error:` line naming the file and the entry.
+        return run_tool(lambda: run(args), bad_input=BAD_INPUT_ERRORS + (NonFiniteLossError,), rank=get_rank())
     finally:
         destroy_distributed()
-    if main_process and metrics:
-        print(format_metrics_table(metrics))
-        print(json.dumps({k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}))
-    return 0
 
 
 if __name__ == "__main__":

@@ -20,15 +20,11 @@ import logging
 import sys
 from pathlib import Path
 
-from detector.config import ConfigError, load_config
+from detector.cli.common import (add_config_argument, add_opts_argument, load_tool_config, load_trained_model,
+                                 run_tool, start_logging, tool_parser)
 from detector.data.build import build_dataset, prepare_synthetic_data
-from detector.data.coco import BadImageError
-from detector.engine.checkpoint import CheckpointError, StateDictMismatchError, load_model_checkpoint
-from detector.engine.evaluate import resolve_amp_dtype
-from detector.engine.logging_setup import setup_logging
-from detector.engine.trainer import resolve_device
 from detector.evaluation import load_results
-from detector.models import build_model
+from detector.runtime.device import resolve_amp_dtype, resolve_device
 from detector.visualization import (DEFAULT_SCORE_THR, detections_by_image, draw_image, predict_images, save_png,
                                     select_indices)
 
@@ -36,8 +32,8 @@ logger = logging.getLogger("detector")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="YAML config file")
+    parser = tool_parser(__doc__)
+    add_config_argument(parser)
     parser.add_argument("checkpoint", nargs="?", help="checkpoint (.pt) holding the model weights")
     parser.add_argument("--results", help="draw the detections of this COCO-format results JSON instead")
     parser.add_argument("--out-dir", required=True, help="folder for the PNGs (created)")
@@ -47,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image-ids", type=int, nargs="+",
                         help="draw these val image ids (default: the first --max-images images)")
     parser.add_argument("--scale", type=int, default=1, help="enlarge the images this many times (default 1)")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    add_opts_argument(parser)
     args = parser.parse_args(argv)
     if (args.checkpoint is None) == (args.results is None):
         parser.error("give either a CHECKPOINT or --results FILE")
@@ -59,12 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def model_results(cfg, config: str, checkpoint: str, dataset, indices: list[int]) -> list[dict]:
     """Detections of the checkpoint's model on the chosen images, as COCO results in original pixels."""
     device = resolve_device(cfg.runtime.device)
-    model = build_model(cfg)
-    try:
-        load_model_checkpoint(model, checkpoint)
-    except StateDictMismatchError as err:
-        raise CheckpointError(f"{err}\n  (was {checkpoint} trained with another config than {config}?)") from None
-    model.to(device)
+    model = load_trained_model(cfg, checkpoint, config).to(device)
     return predict_images(model, dataset, indices, device, batch_size=cfg.data.test_batch_size,
                           size_divisor=cfg.data.size_divisor, amp_dtype=resolve_amp_dtype(cfg.runtime.amp, device))
 
@@ -77,7 +68,9 @@ def file_results(path: str, dataset) -> list[dict]:
     return results
 
 
-def run(args: argparse.Namespace, cfg) -> list[Path]:
+def run(args: argparse.Namespace) -> None:
+    cfg = load_tool_config(args.config, args.opts)
+    prepare_synthetic_data(cfg)
     dataset = build_dataset(cfg, "val")
     indices = select_indices(dataset, args.image_ids, None if args.image_ids else args.max_images)
     if args.results:
@@ -87,29 +80,16 @@ def run(args: argparse.Namespace, cfg) -> list[Path]:
     detections = detections_by_image(results, dataset.cat_id_to_label, [dataset.image_ids[i] for i in indices])
     if not detections:
         logger.warning("no detections on the %d chosen images: only the ground truth is drawn", len(indices))
-    written = []
     for index in indices:
         panel = draw_image(dataset, index, detections, score_thr=args.score_thr, scale=args.scale)
-        written.append(save_png(panel, Path(args.out_dir) / f"{dataset.image_ids[index]}.png"))
-    return written
+        save_png(panel, Path(args.out_dir) / f"{dataset.image_ids[index]}.png")
+    logger.info("wrote %d images to %s", len(indices), args.out_dir)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup_logging(0)
-    try:
-        cfg = load_config(args.config, args.opts)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    prepare_synthetic_data(cfg)
-    try:
-        written = run(args, cfg)
-    except (FileNotFoundError, ValueError, CheckpointError, BadImageError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    logger.info("wrote %d images to %s", len(written), args.out_dir)
-    return 0
+    start_logging()
+    return run_tool(lambda: run(args))
 
 
 if __name__ == "__main__":

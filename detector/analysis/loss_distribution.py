@@ -8,8 +8,8 @@ the positive loss whatever gamma; for negatives, gamma = 2 concentrates nearly a
 fraction of samples (the easy negatives are suppressed).
 
 Samples here (see :func:`collect_classification_logits`): the model runs in eval mode over images with their
-ground truths; anchors are assigned exactly as in training (the model's own assigner through the heads'
-``assign_targets``, batched, ignore codes respected). Then
+ground truths; anchors are assigned exactly as in training (the model's own assigner on its
+``dense_outputs``, batched, ignore codes respected). Then
 
   - positives: the logit of the ground-truth class at every positive anchor (y = 1);
   - negatives: with ``negatives="all_classes"`` (default) every class logit of every background anchor
@@ -41,9 +41,8 @@ from torch import Tensor, nn
 
 from detector.analysis.batches import first_images
 from detector.analysis.plotting import COLOURS, new_figure, save_png
-from detector.assigners import BACKGROUND
+from detector.assigners import BACKGROUND, assign_targets
 from detector.losses import focal_loss
-from detector.models.heads.common import assign_targets
 
 NEGATIVE_MODES = ("all_classes", "max_class")
 PAPER_POSITIVE_FRACTION = 0.20  # "the hardest 20% of the positive samples"
@@ -56,14 +55,6 @@ class ClassificationSamples:
     negative_logits: Tensor  # (M,) background logits (anchor-class pairs, or one per anchor)
     num_images: int
     num_negative_total: int  # before the max_negatives subsample
-
-
-def dense_outputs(model: nn.Module, images: Tensor) -> tuple[tuple, Tensor, list[int]]:
-    """The head outputs, the anchors (A, 4) and anchors per level of a DenseDetector, without decoding."""
-    features = model.neck(model.backbone(images))
-    outputs = model.head(features)
-    anchors, num_anchors_per_level = model.anchor_generator(features)
-    return outputs, anchors, num_anchors_per_level
 
 
 def split_logits(pred_logits: Tensor, assigned: Tensor, gt_labels: Tensor,
@@ -133,10 +124,10 @@ def collect_classification_logits(model: nn.Module, batches: Iterable[tuple[Tens
     model.eval()
     positives, negative_sample, num_images = [], StreamSubsample(max_negatives, seed), 0
     for images, targets in first_images(batches, max_images):
-        outputs, anchors, num_anchors_per_level = dense_outputs(model, images.to(device))
+        outputs = model.dense_outputs(images.to(device))
         targets = [{k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in t.items()} for t in targets]
-        gt, assigned = assign_targets(model.head.assigner, anchors, num_anchors_per_level, targets)
-        pos, neg = split_logits(outputs[0], assigned, gt.labels, negatives)
+        gt, assigned = assign_targets(model.head.assigner, outputs.anchors, outputs.num_anchors_per_level, targets)
+        pos, neg = split_logits(outputs.pred_logits, assigned, gt.labels, negatives)
         positives.append(pos.cpu())
         negative_sample.add(neg.cpu())
         num_images += len(targets)

@@ -1,4 +1,4 @@
-"""Training curves from ``metrics.jsonl`` (see :mod:`detector.engine.metrics_log` for the format).
+"""Training curves from ``metrics.jsonl`` (see :mod:`detector.runtime.metrics_log` for the format).
 
 Each line is ``{"iter": i, "train/loss": ..., "train/loss_cls": ..., "train/lr": ..., ...}`` for training
 logs and ``{"iter": i, "val/AP": ..., ...}`` for evaluations. The figure has one panel for the loss terms
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from detector.analysis.plotting import COLOURS, new_figure, save_png
-from detector.engine.metrics_log import METRICS_FILENAME, read_metrics_jsonl
+from detector.runtime.metrics_log import METRICS_FILENAME, read_metrics_jsonl
 
 VAL_KEYS = ("AP", "AP50", "AP75", "APr", "APc", "APf")
 LINE_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1)))

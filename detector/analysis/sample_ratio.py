@@ -11,7 +11,7 @@ summed over the images of a split:
     ratio_j = pos_j / neg_j
 
 The anchors and the assignment are the model's own (its AnchorGenerator and assigner, MaxIoU or ATSS, run
-batched through the heads' ``assign_targets``); the network itself never runs. Ground truths are read from
+batched through ``detector.assigners.assign_targets``); the network itself never runs. Ground truths are read from
 the annotation file only (no image is decoded) and resized as the data pipeline resizes them (shorter side to
 the largest of ``min_size``, longer side capped, no flip), then padded per batch to a multiple of
 ``size_divisor``. A level of stride s on a padded H x W input has ceil(H / s) x ceil(W / s) locations: the
@@ -31,9 +31,8 @@ import torch
 from torch import Tensor
 
 from detector.analysis.plotting import new_figure, save_png
-from detector.assigners import IGNORE
+from detector.assigners import IGNORE, assign_targets
 from detector.data.transforms import resized_shape
-from detector.models.heads.common import assign_targets
 
 FREQUENCY_COLOURS = {"r": "tab:red", "c": "tab:orange", "f": "tab:blue"}
 FREQUENCY_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
@@ -102,7 +101,8 @@ def count_samples(anchor_generator, assigner, batches, num_classes: int,
     neg_total = torch.zeros(num_classes, dtype=torch.int64)
     num_images = 0
     for image_size, targets in batches:
-        levels = anchor_generator.grid_anchors(feature_sizes(image_size, anchor_generator.strides), device)
+        levels = anchor_generator.grid_anchors(feature_sizes(image_size, anchor_generator.strides), device,
+                                               image_size=image_size)
         anchors = torch.cat(levels)  # (A, 4)
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
         gt, assigned = assign_targets(assigner, anchors, [len(a) for a in levels], targets)

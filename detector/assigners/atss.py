@@ -1,9 +1,9 @@
 """Adaptive Training Sample Selection (ATSS; Zhang et al., "Bridging the Gap Between Anchor-based and
 Anchor-free Detection via Adaptive Training Sample Selection", CVPR 2020, Algorithm 1).
 
-Codes per anchor follow torchvision's Matcher, as in ``max_iou.py``: a gt index >= 0 (positive),
-``BACKGROUND`` (-1) or ``IGNORE`` (-2). The batched version takes ground truths padded per image,
-``(B, G, 4)`` with a validity mask; it loops over the FPN levels only, never over images or anchors.
+Codes per anchor follow torchvision's Matcher (:mod:`detector.assigners.base`): a gt index >= 0 (positive),
+``BACKGROUND`` (-1) or ``IGNORE`` (-2). The batched version (the common signature) takes ground truths padded
+per image; it loops over the FPN levels only, never over images or anchors.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from detector.assigners.max_iou import BACKGROUND, ignore_crowd_regions
+from detector.assigners.base import BACKGROUND, PaddedTargets, check_padded_targets, ignore_crowd_regions
 from detector.boxes import box_area
 
 __all__ = ["ATSSAssigner"]
@@ -47,10 +47,7 @@ class ATSSAssigner:
         Memory peaks at one level's (B, G, A_l) distances (kept as int64 sort keys).
       - mean / std are taken in float64 from the fp32 IoUs, so a threshold ties exactly with an IoU only when
         it should (all candidates equal: std 0, t_g equals their common IoU, and they all pass).
-    ``uses_levels`` tells the heads to pass the per-level anchor counts.
     """
-
-    uses_levels = True
 
     def __init__(self, topk: int = 9, ignore_iof_thr: float = 0.5) -> None:
         if int(topk) != topk or topk < 1:
@@ -66,43 +63,33 @@ class ATSSAssigner:
         """Codes ``(A,)`` for one image: ``anchors (A, 4)`` (levels concatenated in order), ``gt_boxes (G, 4)``,
         ``ignore_boxes (C, 4)``, all xyxy."""
         gt_valid = torch.ones((1, gt_boxes.shape[0]), dtype=torch.bool, device=gt_boxes.device)  # (1, G)
-        batched_ignore = ignore_valid = None
-        if ignore_boxes is not None:
-            batched_ignore = ignore_boxes.unsqueeze(0)  # (1, C, 4)
-            ignore_valid = torch.ones((1, ignore_boxes.shape[0]), dtype=torch.bool, device=ignore_boxes.device)
-        return self.assign_batched(anchors, num_anchors_per_level, gt_boxes.unsqueeze(0), gt_valid,
-                                   batched_ignore, ignore_valid)[0]
+        ignore = None if ignore_boxes is None else ignore_boxes.unsqueeze(0)  # (1, C, 4)
+        targets = PaddedTargets.from_boxes(gt_boxes.unsqueeze(0), gt_valid, ignore)
+        return self.assign_batched(anchors, num_anchors_per_level, targets)[0]
 
     @torch.no_grad()
-    def assign_batched(self, anchors: Tensor, num_anchors_per_level: list[int], gt_boxes: Tensor,
-                       gt_valid: Tensor, ignore_boxes: Tensor | None = None,
-                       ignore_valid: Tensor | None = None) -> Tensor:
+    def assign_batched(self, anchors: Tensor, num_anchors_per_level: list[int], targets: PaddedTargets) -> Tensor:
         """Codes ``(B, A)`` for a batch sharing one anchor set.
 
         Args:
             anchors: (A, 4) xyxy, the levels concatenated in the order of ``num_anchors_per_level``.
             num_anchors_per_level: anchors per FPN level; they must add up to A.
-            gt_boxes: (B, G, 4) xyxy, padded per image; G may be 0.
-            gt_valid: (B, G) bool, False for padding slots (never positive).
-            ignore_boxes: (B, C, 4) crowd / ignore regions, or None.
-            ignore_valid: (B, C) bool, or None for "all valid".
+            targets: ``boxes`` (B, G, 4) xyxy padded per image (G may be 0), ``valid`` (B, G) False for padding
+                slots (never positive), ``ignore_boxes`` (B, C, 4) crowd regions with their ``ignore_valid``.
         """
         if anchors.dim() != 2 or anchors.shape[-1] != 4:
             raise ValueError(f"anchors must be (A, 4), got {tuple(anchors.shape)}")
         counts = [int(c) for c in num_anchors_per_level]
         if any(c < 0 for c in counts) or sum(counts) != anchors.shape[0]:
             raise ValueError(f"num_anchors_per_level {counts} must be >= 0 and add up to {anchors.shape[0]}")
-        if gt_boxes.dim() != 3 or gt_boxes.shape[-1] != 4:
-            raise ValueError(f"gt_boxes must be (B, G, 4), got {tuple(gt_boxes.shape)}")
-        if gt_valid.shape != gt_boxes.shape[:2]:
-            raise ValueError(f"gt_valid {tuple(gt_valid.shape)} must be {tuple(gt_boxes.shape[:2])}")
-        num_images, num_gts = gt_boxes.shape[:2]
+        check_padded_targets(targets)
+        num_images, num_gts = targets.boxes.shape[:2]
         num_anchors = anchors.shape[0]
         codes = torch.full((num_images, num_anchors), BACKGROUND, dtype=torch.long, device=anchors.device)
         if num_images > 0 and num_gts > 0 and num_anchors > 0:
-            self._match(anchors, counts, gt_boxes, gt_valid.to(torch.bool), codes)
-        if ignore_boxes is not None and ignore_boxes.shape[1] > 0 and num_anchors > 0:
-            ignore_crowd_regions(codes, anchors, ignore_boxes, ignore_valid, self.ignore_iof_thr)
+            self._match(anchors, counts, targets.boxes, targets.valid.to(torch.bool), codes)
+        if targets.ignore_boxes.shape[1] > 0 and num_anchors > 0:
+            ignore_crowd_regions(codes, anchors, targets.ignore_boxes, targets.ignore_valid, self.ignore_iof_thr)
         return codes
 
     def _candidates(self, anchor_centres: Tensor, counts: list[int], gt_centres: Tensor) -> Tensor:

@@ -1,8 +1,8 @@
 """Max-IoU anchor assignment (RetinaNet, Lin et al. 2017; Faster R-CNN's rule with 0.5 / 0.4 thresholds).
 
 Codes per anchor follow torchvision's Matcher: a gt index >= 0 (positive), ``BACKGROUND`` (-1) or
-``IGNORE`` (-2). The batched version takes ground truths padded per image, ``(B, G, 4)`` with a validity
-mask, and works on the ``(B, G, A)`` IoU matrix without Python loops over images or anchors.
+``IGNORE`` (-2). The batched version (the signature of :mod:`detector.assigners.base`) takes ground truths
+padded per image and works on the ``(B, G, A)`` IoU matrix without Python loops over images or anchors.
 """
 
 from __future__ import annotations
@@ -10,12 +10,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from detector.boxes import box_iof_batched, box_iou_batched
+from detector.assigners.base import (BACKGROUND, IGNORE, PaddedTargets, check_padded_targets,
+                                     ignore_crowd_regions)
+from detector.boxes import box_iou_batched
 
-__all__ = ["BACKGROUND", "IGNORE", "MaxIoUAssigner"]
-
-BACKGROUND = -1
-IGNORE = -2
+__all__ = ["MaxIoUAssigner"]
 
 
 class MaxIoUAssigner:
@@ -52,37 +51,29 @@ class MaxIoUAssigner:
 
     def assign(self, anchors: Tensor, gt_boxes: Tensor, ignore_boxes: Tensor | None = None) -> Tensor:
         """Codes ``(A,)`` for one image: ``anchors (A, 4)``, ``gt_boxes (G, 4)``, ``ignore_boxes (C, 4)``, xyxy."""
-        gt_valid = torch.ones(gt_boxes.shape[:1], dtype=torch.bool, device=gt_boxes.device)  # (G,)
-        batched_ignore = ignore_valid = None
-        if ignore_boxes is not None:
-            batched_ignore = ignore_boxes.unsqueeze(0)  # (1, C, 4)
-            ignore_valid = torch.ones((1, ignore_boxes.shape[0]), dtype=torch.bool, device=ignore_boxes.device)
-        return self.assign_batched(anchors, gt_boxes.unsqueeze(0), gt_valid.unsqueeze(0),
-                                   batched_ignore, ignore_valid)[0]
+        gt_valid = torch.ones((1, gt_boxes.shape[0]), dtype=torch.bool, device=gt_boxes.device)  # (1, G)
+        ignore = None if ignore_boxes is None else ignore_boxes.unsqueeze(0)  # (1, C, 4)
+        targets = PaddedTargets.from_boxes(gt_boxes.unsqueeze(0), gt_valid, ignore)
+        return self.assign_batched(anchors, [anchors.shape[0]], targets)[0]
 
     @torch.no_grad()
-    def assign_batched(self, anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor,
-                       ignore_boxes: Tensor | None = None, ignore_valid: Tensor | None = None) -> Tensor:
+    def assign_batched(self, anchors: Tensor, num_anchors_per_level: list[int], targets: PaddedTargets) -> Tensor:
         """Codes ``(B, A)`` for a batch sharing one anchor set.
 
         Args:
             anchors: (A, 4) xyxy.
-            gt_boxes: (B, G, 4) xyxy, padded per image; G may be 0.
-            gt_valid: (B, G) bool, False for padding slots (never matched).
-            ignore_boxes: (B, C, 4) crowd / ignore regions, or None.
-            ignore_valid: (B, C) bool, or None for "all valid".
+            num_anchors_per_level: not used (one IoU rule over all levels); part of the common signature.
+            targets: ``boxes`` (B, G, 4) xyxy padded per image (G may be 0), ``valid`` (B, G) False for padding
+                slots (never matched), ``ignore_boxes`` (B, C, 4) crowd regions with their ``ignore_valid``.
         """
-        if gt_boxes.dim() != 3 or gt_boxes.shape[-1] != 4:
-            raise ValueError(f"gt_boxes must be (B, G, 4), got {tuple(gt_boxes.shape)}")
-        if gt_valid.shape != gt_boxes.shape[:2]:
-            raise ValueError(f"gt_valid {tuple(gt_valid.shape)} must be {tuple(gt_boxes.shape[:2])}")
-        num_images, num_gts = gt_boxes.shape[:2]
+        check_padded_targets(targets)
+        num_images, num_gts = targets.boxes.shape[:2]
         num_anchors = anchors.shape[0]
         codes = torch.full((num_images, num_anchors), BACKGROUND, dtype=torch.long, device=anchors.device)
         if num_gts > 0 and num_anchors > 0:
-            self._match(anchors, gt_boxes, gt_valid, codes)
-        if ignore_boxes is not None and ignore_boxes.shape[1] > 0 and num_anchors > 0:
-            ignore_crowd_regions(codes, anchors, ignore_boxes, ignore_valid, self.ignore_iof_thr)
+            self._match(anchors, targets.boxes, targets.valid, codes)
+        if targets.ignore_boxes.shape[1] > 0 and num_anchors > 0:
+            ignore_crowd_regions(codes, anchors, targets.ignore_boxes, targets.ignore_valid, self.ignore_iof_thr)
         return codes
 
     def _match(self, anchors: Tensor, gt_boxes: Tensor, gt_valid: Tensor, codes: Tensor) -> None:
@@ -107,15 +98,3 @@ class MaxIoUAssigner:
         is_low_quality = low_quality_iou > 0  # (B, A)
         codes.copy_(torch.where(is_low_quality, low_quality_gt, codes))
 
-
-def ignore_crowd_regions(codes: Tensor, anchors: Tensor, ignore_boxes: Tensor, ignore_valid: Tensor | None,
-                         iof_thr: float) -> None:
-    """Turn background anchors whose area lies more than ``iof_thr`` inside an ignore (crowd) region into
-    IGNORE, in place; positives stay. Shared by every assigner."""
-    if ignore_boxes.dim() != 3 or ignore_boxes.shape[0] != codes.shape[0] or ignore_boxes.shape[-1] != 4:
-        raise ValueError(f"ignore_boxes must be ({codes.shape[0]}, C, 4), got {tuple(ignore_boxes.shape)}")
-    iof = box_iof_batched(ignore_boxes, anchors)  # (B, C, A)
-    if ignore_valid is not None:
-        iof.masked_fill_(~ignore_valid.to(torch.bool).unsqueeze(-1), 0.0)
-    in_crowd = iof.amax(dim=1) > iof_thr  # (B, A)
-    codes.masked_fill_(in_crowd & (codes == BACKGROUND), IGNORE)

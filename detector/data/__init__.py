@@ -1,7 +1,8 @@
 """Datasets, transforms, samplers, collation and the synthetic dataset generators."""
 
+from detector.data.coco import CocoDetection
 from detector.data.collate import DetectionCollator
-from detector.data.coco import CocoDetection, DetectionDataset
+from detector.data.detection_dataset import BadImageError, DetectionDataset
 from detector.data.lvis import LVISDetection
 from detector.data.repeat_factor import category_repeat_factors, repeat_factors
 from detector.data.samplers import GroupedBatchSampler, InferenceSampler
@@ -10,6 +11,7 @@ from detector.data.synthetic_lvis import ensure_synthetic_lvis, generate_synthet
 from detector.data.transforms import build_transforms
 
 __all__ = [
+    "BadImageError",
     "CocoDetection",
     "DetectionCollator",
     "DetectionDataset",

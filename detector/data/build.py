@@ -23,7 +23,7 @@ from detector.data.seeded import SeededDataset
 from detector.data.synthetic import ensure_synthetic_coco
 from detector.data.synthetic_lvis import ensure_synthetic_lvis
 from detector.data.transforms import build_transforms
-from detector.engine.seeding import make_generator, make_worker_init_fn
+from detector.runtime.seeding import make_generator, make_worker_init_fn
 
 
 def prepare_synthetic_data(cfg: Config) -> None:

@@ -21,8 +21,8 @@ from urllib.parse import urlparse
 import numpy as np
 from lvis import LVIS
 
-from detector.data.coco import (DetectionDataset, check_detection_dict, format_hint, load_detection_json,
-                                 lvis_evidence)
+from detector.data.annotation_files import check_detection_dict, format_hint, load_detection_json, lvis_evidence
+from detector.data.detection_dataset import DetectionDataset
 
 logger = logging.getLogger("detector.data")
 

@@ -37,13 +37,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from detector.data.synthetic import (
-    _render_image,
-    category_id,
-    class_appearance,
-    class_names,
-    ensure_generated,
-)
+from detector.data.synthetic import _render_image, ensure_generated
+from detector.data.synthetic_shapes import category_id, class_appearance, class_names
 
 logger = logging.getLogger("detector.data")
 

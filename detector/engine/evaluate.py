@@ -18,26 +18,13 @@ from torch import nn
 
 from detector.config_schema import Config
 from detector.data.build import build_val_loader
-from detector.engine.distributed import barrier, get_rank, get_world_size, is_main_process
 from detector.evaluation import (COCOEvaluator, LVISEvaluator, gather_results, merge_result_shards, run_inference,
                                  save_results, write_results_shard)
+from detector.runtime.device import resolve_amp_dtype
+from detector.runtime.distributed import barrier, get_rank, get_world_size, is_main_process
 from detector.visualization.detections import draw_first_images
 
 logger = logging.getLogger("detector.engine")
-
-AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``runtime.amp``; bf16 on a CPU without native bf16 kernels runs in fp32."""
-    dtype = AMP_DTYPES[amp]
-    if dtype is torch.bfloat16 and device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        logger.warning("runtime.amp=bf16: this CPU has no native bf16 support (emulated bf16 is slower than "
-                       "fp32); running in fp32")
-        return None
-    if dtype is torch.float16 and device.type == "cpu":
-        raise ValueError("runtime.amp=fp16 needs a CUDA device; use bf16 or off on the CPU")
-    return dtype
 
 
 def build_evaluator(cfg: Config, ann_file: str) -> COCOEvaluator | LVISEvaluator:

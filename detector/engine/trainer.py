@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -41,31 +40,20 @@ from tqdm import tqdm
 from detector.config import save_config
 from detector.config_schema import Config
 from detector.data.build import build_train_loader, prepare_synthetic_data
-from detector.engine.checkpoint import (CheckpointError, CheckpointManager, capture_rng_state, load_checkpoint,
-                                        load_model_state, restore_rng_state, unwrap_model)
-from detector.engine.distributed import (all_reduce_sum, barrier, get_rank, get_world_size, init_distributed,
-                                         is_distributed, is_main_process, reduce_loss_dict)
-from detector.engine.evaluate import evaluate_model, resolve_amp_dtype
+from detector.engine.evaluate import evaluate_model
 from detector.engine.lr_schedule import WarmupMultiStepLR
-from detector.engine.metrics_log import MeterGroup, MetricsLogger
+from detector.engine.model_setup import build_training_model
 from detector.engine.optim import build_optimizer
-from detector.engine.seeding import seed_everything
-from detector.models import build_model
+from detector.engine.stopping import NonFiniteLossError, StopSignal, TrainingInterrupted
+from detector.runtime.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+from detector.runtime.device import resolve_amp_dtype, resolve_device
+from detector.runtime.distributed import (all_reduce_sum, barrier, get_rank, get_world_size, init_distributed,
+                                          is_distributed, is_main_process, reduce_loss_dict)
+from detector.runtime.metrics_log import MeterGroup, MetricsLogger
+from detector.runtime.model_state import load_model_state, unwrap_model
+from detector.runtime.seeding import capture_rng_state, restore_rng_state, seed_everything
 
 logger = logging.getLogger("detector.engine")
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced non-finite losses or gradients too many iterations in a row."""
-
-
-class TrainingInterrupted(Exception):
-    """SIGTERM / SIGINT stopped the run after a step; ``checkpoint`` holds its state (resume from it)."""
-
-    def __init__(self, signum: int, iteration: int, checkpoint: Path):
-        self.signum, self.iteration, self.checkpoint = signum, iteration, checkpoint
-        super().__init__(f"stopped by {signal.Signals(signum).name} after iteration {iteration}; "
-                         f"checkpoint {checkpoint}")
 
 
 @dataclass
@@ -82,61 +70,6 @@ def schedule_length(cfg: Config, iters_per_epoch: int) -> ScheduleLength:
     total = (s.epochs if s.epochs is not None else s.iters) * unit
     run = min(total, s.max_iters) if s.max_iters is not None else total
     return ScheduleLength(iters_per_epoch, total, run, [step * unit for step in s.steps])
-
-
-def compile_network(model: nn.Module) -> None:
-    """torch.compile the backbone, neck and head forward passes in place (parameter names unchanged).
-
-    Target assignment and the losses stay eager: their shapes change with the number of boxes per batch,
-    which would make the compiler recompile again and again.
-    """
-    for name in ("backbone", "neck", "head"):
-        getattr(model, name).compile()
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"runtime.device is {name!r} but CUDA is not available; use cpu or auto")
-    return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
-
-
-class StopSignal:
-    """While installed, SIGTERM and SIGINT only record the signal; the loop reads it once per step.
-
-    A second SIGINT raises KeyboardInterrupt at once (a way out when a step hangs); a repeated SIGTERM is
-    ignored. Python runs signal handlers in the main thread between bytecodes, so the handler never
-    interrupts a half-done tensor operation or file write.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum: int, frame) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        if self.signum is None:
-            self.signum = signum
-
-    @contextlib.contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            logger.warning("training outside the main thread: SIGTERM / SIGINT cannot stop it gracefully")
-            yield
-            return
-        previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 @dataclass
@@ -181,16 +114,7 @@ class Trainer:
             prepare_synthetic_data(cfg)
         barrier()
 
-        model = build_model(cfg).to(self.device)
-        if cfg.model.backbone.norm == "syncbn" and world_size > 1:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if cfg.runtime.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        if cfg.runtime.cudnn_benchmark and not cfg.runtime.deterministic:
-            torch.backends.cudnn.benchmark = True
-        if cfg.runtime.compile:
-            compile_network(model)
-        self.model = model
+        self.model = model = build_training_model(cfg, self.device, world_size)
         seed_everything(cfg.runtime.seed, rank=rank, deterministic=cfg.runtime.deterministic)
         self.loader, self.sampler = build_train_loader(cfg, rank=rank, world_size=world_size)
         self.length = schedule_length(cfg, self.sampler.num_batches_per_epoch)

@@ -26,12 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detector.engine.distributed import all_reduce_sum
 from detector.losses.focal import reduce_loss
 from detector.losses.fused import check_reduction, fused_elementwise_loss
 from detector.losses.quality_focal import qfl_terms
+from detector.runtime.distributed import all_reduce_sum
 
-__all__ = ["EqualizedFocalLoss"]
+__all__ = ["EqualizedFocalLoss", "EqualizedQualityFocalLoss"]
 
 _BUFFERS = ("pos_grad", "neg_grad", "pos_neg")
 
@@ -132,6 +132,7 @@ class EqualizedFocalLoss(nn.Module):
     neg_grad: Tensor
     pos_neg: Tensor
 
+    soft_targets = False  # one-hot targets (the classification-loss interface of loss_objects.py)
     eps = 1e-10  # the official code's guard in g = pos / (neg + eps); a class with no gradient at all gets g = 0
 
     def __init__(self, num_classes: int, gamma_b: float = 2.0, scale: float = 8.0, alpha: float = 0.25) -> None:
@@ -240,3 +241,19 @@ class EqualizedFocalLoss(nn.Module):
         self.pos_grad.add_(sums[0])
         self.neg_grad.add_(sums[1])
         torch.clamp(self.pos_grad / (self.neg_grad + self.eps), 0.0, 1.0, out=self.pos_neg)
+
+
+class EqualizedQualityFocalLoss(nn.Module):
+    """EFL in its quality-focal form for heads with a joint class-quality score (GFL), as a classification-loss
+    object: ``soft_targets`` (IoU-valued targets), ``loss(logits, targets, reduction)`` =
+    ``EqualizedFocalLoss.quality_forward``. A module holding the EFL as ``efl``, so its statistics travel in
+    the state dict (``<...>.efl.pos_grad``)."""
+
+    soft_targets = True
+
+    def __init__(self, num_classes: int, gamma_b: float = 2.0, scale: float = 8.0, alpha: float = 0.25) -> None:
+        super().__init__()
+        self.efl = EqualizedFocalLoss(num_classes, gamma_b=gamma_b, scale=scale, alpha=alpha)
+
+    def forward(self, logits: Tensor, targets: Tensor, reduction: str = "none") -> Tensor:
+        return self.efl.quality_forward(logits, targets, reduction=reduction)

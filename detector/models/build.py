@@ -6,55 +6,48 @@ Every choice a config names is looked up in a plain dict below; model classes ta
 from __future__ import annotations
 
 import logging
-from functools import partial
 
-from torch import Tensor, nn
+from torch import nn
 
 from detector.assigners import ATSSAssigner, MaxIoUAssigner
 from detector.boxes import DeltaBoxCoder
 from detector.config_schema import ClsLossConfig, Config, ModelConfig
-from detector.engine.checkpoint import CheckpointError, load_model_checkpoint
-from detector.losses import (EqualizedFocalLoss, focal_loss, focal_loss_star, giou_loss, l1_loss,
-                             quality_focal_loss, smooth_l1_loss)
+from detector.losses import (BoxLoss, ClassificationLoss, EqualizedFocalLoss, EqualizedQualityFocalLoss, FocalLoss,
+                             FocalLossStar, GIoULoss, L1Loss, QualityFocalLoss, SmoothL1Loss)
 from detector.models.anchors import AnchorGenerator, level_strides
 from detector.models.backbones.resnet import ResNetBackbone
 from detector.models.detector import DenseDetector
 from detector.models.heads.anchor_head import AnchorHead
+from detector.models.heads.base import LossWeights
+from detector.models.heads.common import TowerSpec
 from detector.models.heads.gfl_head import GFLHead
 from detector.models.necks.fpn import FPN
+from detector.models.postprocess import InferenceParams
+from detector.runtime.checkpoint import CheckpointError
+from detector.runtime.model_state import load_model_checkpoint
 
 logger = logging.getLogger("detector.models")
 
 
-class EqualizedQualityFocalLoss(nn.Module):
-    """EFL in its quality-focal form (GFL head); a module so the statistics travel in the state dict."""
-
-    def __init__(self, efl: EqualizedFocalLoss):
-        super().__init__()
-        self.efl = efl
-
-    def forward(self, logits: Tensor, targets: Tensor, reduction: str = "none") -> Tensor:
-        return self.efl.quality_forward(logits, targets, reduction=reduction)
+def _equalized_focal(c: ClsLossConfig, num_classes: int, joint_quality: bool) -> nn.Module:
+    """EFL; in its quality form on a head whose class score is a joint class-quality score (GFL)."""
+    loss = EqualizedQualityFocalLoss if joint_quality else EqualizedFocalLoss
+    return loss(num_classes, gamma_b=c.gamma, scale=c.scale, alpha=c.alpha)
 
 
-def build_cls_loss(c: ClsLossConfig, num_classes: int, joint_quality_head: bool):
-    """(loss callable, whether it is trained on IoU-valued soft targets)."""
-    if c.type == "focal":
-        return partial(focal_loss, alpha=c.alpha, gamma=c.gamma), False
-    if c.type == "focal_star":
-        return partial(focal_loss_star, gamma=c.gamma, beta=1.0 if c.beta is None else c.beta), False
-    if c.type == "quality_focal":
-        return partial(quality_focal_loss, beta=2.0 if c.beta is None else c.beta), True
-    efl = EqualizedFocalLoss(num_classes, gamma_b=c.gamma, scale=c.scale, alpha=c.alpha)
-    return (EqualizedQualityFocalLoss(efl), True) if joint_quality_head else (efl, False)
-
-
-# Box losses: (function, compares decoded boxes instead of deltas)
+# Config name -> classification-loss object: (loss_cls section, number of classes, joint class-quality head).
+CLS_LOSSES = {
+    "focal": lambda c, num_classes, joint_quality: FocalLoss(alpha=c.alpha, gamma=c.gamma),
+    "focal_star": lambda c, num_classes, joint_quality: FocalLossStar(gamma=c.gamma, beta=c.focal_star_beta),
+    "quality_focal": lambda c, num_classes, joint_quality: QualityFocalLoss(beta=c.quality_focal_beta),
+    "equalized_focal": _equalized_focal,
+}
+# Config name -> box-loss object (loss_box section); dfl+giou is GIoU plus the GFL head's own DFL term.
 BOX_LOSSES = {
-    "l1": lambda c: (l1_loss, False),
-    "smooth_l1": lambda c: (partial(smooth_l1_loss, beta=c.beta), False),
-    "giou": lambda c: (giou_loss, True),
-    "dfl+giou": lambda c: (giou_loss, True),
+    "l1": lambda c: L1Loss(),
+    "smooth_l1": lambda c: SmoothL1Loss(beta=c.beta),
+    "giou": lambda c: GIoULoss(),
+    "dfl+giou": lambda c: GIoULoss(),
 }
 ASSIGNERS = {
     "max_iou": lambda c: MaxIoUAssigner(pos_iou_thr=c.pos_iou_thr, neg_iou_thr=c.neg_iou_thr,
@@ -64,31 +57,43 @@ ASSIGNERS = {
 }
 
 
+def build_cls_loss(m: ModelConfig) -> ClassificationLoss:
+    return CLS_LOSSES[m.loss_cls.type](m.loss_cls, m.num_classes, m.type == "gfl")
+
+
+def build_box_loss(m: ModelConfig) -> BoxLoss:
+    return BOX_LOSSES[m.loss_box.type](m.loss_box)
+
+
+def _tower(m: ModelConfig, in_channels: int) -> TowerSpec:
+    return TowerSpec(in_channels=in_channels, feat_channels=m.head.feat_channels, num_convs=m.head.num_convs,
+                     norm=m.head.norm)
+
+
+def _inference(m: ModelConfig) -> InferenceParams:
+    t = m.test
+    return InferenceParams(score_thr=t.score_thr, topk_per_level=t.topk_per_level, nms_iou=t.nms_iou,
+                           max_dets=t.max_dets)
+
+
 def _anchor_head(m: ModelConfig, in_channels: int, num_anchors: int, num_levels: int) -> AnchorHead:
-    cls_loss, soft = build_cls_loss(m.loss_cls, m.num_classes, joint_quality_head=False)
-    box_loss, on_boxes = BOX_LOSSES[m.loss_box.type](m.loss_box)
-    h = m.head
     return AnchorHead(
-        num_classes=m.num_classes, in_channels=in_channels, num_anchors=num_anchors, num_levels=num_levels,
+        num_classes=m.num_classes, num_anchors=num_anchors, num_levels=num_levels, tower=_tower(m, in_channels),
         assigner=ASSIGNERS[m.assigner.type](m.assigner),
         box_coder=DeltaBoxCoder(weights=tuple(m.box_coder.weights), clamp=m.box_coder.clamp),
-        cls_loss=cls_loss, soft_cls_targets=soft, box_loss=box_loss, box_loss_on_boxes=on_boxes,
-        num_convs=h.num_convs, feat_channels=h.feat_channels, norm=h.norm, prior_prob=h.prior_prob,
-        quality_branch=h.quality_branch, scale_per_level=h.scale_per_level, cls_loss_weight=m.loss_cls.weight,
-        box_loss_weight=m.loss_box.weight, quality_loss_weight=h.quality_loss_weight, score_thr=m.test.score_thr,
-        topk_per_level=m.test.topk_per_level, nms_iou=m.test.nms_iou, max_dets=m.test.max_dets)
+        cls_loss=build_cls_loss(m), box_loss=build_box_loss(m), prior_prob=m.head.prior_prob,
+        quality_branch=m.head.quality_branch, scale_per_level=m.head.scale_per_level,
+        loss_weights=LossWeights(cls=m.loss_cls.weight, box=m.loss_box.weight, quality=m.head.quality_loss_weight),
+        inference=_inference(m))
 
 
 def _gfl_head(m: ModelConfig, in_channels: int, strides: list[int]) -> GFLHead:
-    cls_loss, soft = build_cls_loss(m.loss_cls, m.num_classes, joint_quality_head=True)
-    h = m.head
     return GFLHead(
-        num_classes=m.num_classes, in_channels=in_channels, strides=strides,
-        assigner=ASSIGNERS[m.assigner.type](m.assigner), cls_loss=cls_loss, soft_cls_targets=soft,
-        box_loss=giou_loss, use_dfl=m.loss_box.type == "dfl+giou", reg_max=h.reg_max, num_convs=h.num_convs,
-        feat_channels=h.feat_channels, norm=h.norm, prior_prob=h.prior_prob, cls_loss_weight=m.loss_cls.weight,
-        box_loss_weight=m.loss_box.weight, dfl_loss_weight=m.loss_box.dfl_weight, score_thr=m.test.score_thr,
-        topk_per_level=m.test.topk_per_level, nms_iou=m.test.nms_iou, max_dets=m.test.max_dets)
+        num_classes=m.num_classes, strides=strides, tower=_tower(m, in_channels),
+        assigner=ASSIGNERS[m.assigner.type](m.assigner), cls_loss=build_cls_loss(m), box_loss=build_box_loss(m),
+        use_dfl=m.loss_box.type == "dfl+giou", reg_max=m.head.reg_max, prior_prob=m.head.prior_prob,
+        loss_weights=LossWeights(cls=m.loss_cls.weight, box=m.loss_box.weight, dfl=m.loss_box.dfl_weight),
+        inference=_inference(m))
 
 
 def build_model(cfg: Config | ModelConfig) -> nn.Module:

@@ -1,31 +1,42 @@
 """DenseDetector: backbone -> FPN -> dense head, with anchors per level.
 
-Training: ``model(images, targets)`` returns a dict of scalar losses.
-Inference: ``model(images)`` returns one dict per image with ``boxes`` (N, 4) xyxy in input pixels,
-``scores`` (N,) and ``labels`` (N,) (contiguous 0-based class indices).
+``dense_outputs(images)`` runs the network and lays out the anchors (:class:`DenseOutputs`); everything else
+is a function of that object: training, ``model(images, targets)``, returns the head's dict of scalar losses;
+inference, ``model(images)``, returns the head's post-processed detections, one dict per image with ``boxes``
+(N, 4) xyxy in input pixels, ``scores`` (N,) and ``labels`` (N,) (contiguous 0-based class indices).
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
+from detector.models.anchors import AnchorGenerator
+from detector.models.heads.base import DenseHead
+from detector.models.outputs import DenseOutputs
+
 
 class DenseDetector(nn.Module):
-    def __init__(self, backbone: nn.Module, neck: nn.Module, head: nn.Module, anchor_generator: nn.Module):
+    def __init__(self, backbone: nn.Module, neck: nn.Module, head: DenseHead, anchor_generator: AnchorGenerator):
         super().__init__()
         self.backbone = backbone
         self.neck = neck
         self.head = head
         self.anchor_generator = anchor_generator
 
-    def forward(self, images: Tensor, targets: list[dict] | None = None):
+    def dense_outputs(self, images: Tensor) -> DenseOutputs:
+        """The head's raw per-anchor outputs for ``images`` (B, 3, H, W), normalised and padded, with the anchors
+        laid out for that input size (which ``model.anchors.strides_from_input`` needs)."""
         features = self.neck(self.backbone(images))
-        outputs = self.head(features)  # a tuple of per-anchor predictions, head-specific
-        anchors, num_anchors_per_level = self.anchor_generator(features, (images.shape[-2], images.shape[-1]))
+        pred_logits, pred_regression, pred_quality = self.head(features)
+        image_size = (images.shape[-2], images.shape[-1])
+        anchors, num_anchors_per_level = self.anchor_generator(features, image_size)
+        return DenseOutputs(pred_logits, pred_regression, pred_quality, anchors, num_anchors_per_level, image_size)
+
+    def forward(self, images: Tensor, targets: list[dict] | None = None):
         if self.training:
             if targets is None:
                 raise ValueError("DenseDetector in training mode needs targets (a list of dicts with boxes, labels)")
             if len(targets) != images.shape[0]:
                 raise ValueError(f"{images.shape[0]} images but {len(targets)} targets")
-            return self.head.loss(outputs, anchors, num_anchors_per_level, targets)
-        return self.head.predict(outputs, anchors, num_anchors_per_level, (images.shape[-2], images.shape[-1]))
+            return self.head.loss(self.dense_outputs(images), targets)
+        return self.head.predict(self.dense_outputs(images))

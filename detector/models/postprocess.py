@@ -19,6 +19,16 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 
+@dataclass(frozen=True)
+class InferenceParams:
+    """The inference settings of a dense head (``model.test``): candidates scoring above ``score_thr``, at most
+    ``topk_per_level`` per level and image, class-aware NMS at IoU ``nms_iou``, the best ``max_dets`` per image."""
+    score_thr: float = 0.05
+    topk_per_level: int = 1000
+    nms_iou: float = 0.5
+    max_dets: int = 100
+
+
 @dataclass
 class Candidates:
     batch_idx: Tensor   # (N,) image of each candidate

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from detector.data.coco import BadImageError, DetectionDataset
 from detector.data.collate import DetectionCollator
+from detector.data.detection_dataset import BadImageError, DetectionDataset
 from detector.evaluation import run_inference
 from detector.visualization.draw import draw_gt_and_detections
 

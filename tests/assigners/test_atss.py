@@ -5,7 +5,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from detector.assigners import BACKGROUND, IGNORE, ATSSAssigner
+from detector.assigners import BACKGROUND, IGNORE, PaddedTargets, ATSSAssigner
 
 
 def reference_assign(anchors, counts, gt_boxes, topk=9, ignore_boxes=None, ignore_iof_thr=0.5):
@@ -69,7 +69,7 @@ def positives(codes):
 
 def test_contract():
     assigner = ATSSAssigner()
-    assert assigner.uses_levels is True and assigner.topk == 9 and assigner.ignore_iof_thr == 0.5
+    assert assigner.topk == 9 and assigner.ignore_iof_thr == 0.5
     anchors, counts = pyramid()
     codes = assigner.assign(anchors, counts, torch.tensor([[16.0, 16.0, 48.0, 48.0]]))
     assert codes.dtype == torch.long and codes.shape == (len(anchors),)
@@ -160,10 +160,12 @@ def test_no_ground_truth_is_all_background():
     anchors, counts = pyramid()
     assigner = ATSSAssigner()
     assert (assigner.assign(anchors, counts, torch.zeros(0, 4)) == BACKGROUND).all()
-    codes = assigner.assign_batched(anchors, counts, torch.zeros(3, 0, 4), torch.zeros(3, 0, dtype=torch.bool))
+    codes = assigner.assign_batched(anchors, counts,
+                                    PaddedTargets.from_boxes(torch.zeros(3, 0, 4), torch.zeros(3, 0, dtype=torch.bool)))
     assert codes.shape == (3, len(anchors)) and (codes == BACKGROUND).all()
     padded = torch.tensor([[16.0, 16.0, 48.0, 48.0], [12.0, 12.0, 44.0, 44.0]]).expand(2, 2, 4)
-    codes = assigner.assign_batched(anchors, counts, padded, torch.zeros(2, 2, dtype=torch.bool))
+    codes = assigner.assign_batched(anchors, counts,
+                                    PaddedTargets.from_boxes(padded, torch.zeros(2, 2, dtype=torch.bool)))
     assert (codes == BACKGROUND).all()
 
 
@@ -173,7 +175,7 @@ def test_padding_slots_never_match_and_indices_stay_the_slots():
     # Image 0: slot 1 is invalid yet holds the box that would win anchor 27 (IoU 1); image 1: empty.
     boxes = torch.tensor([[gt0, gt1, gt2], [gt1, gt1, gt1]])
     valid = torch.tensor([[True, False, True], [False, False, False]])
-    codes = ATSSAssigner().assign_batched(anchors, counts, boxes, valid)
+    codes = ATSSAssigner().assign_batched(anchors, counts, PaddedTargets.from_boxes(boxes, valid))
     single = ATSSAssigner().assign(anchors, counts, torch.tensor([gt0, gt2]))
     expected = torch.where(single == 1, 2, single)  # per-image index 1 is slot 2
     assert torch.equal(codes[0], expected) and (codes[0] != 1).all() and codes[0][27] == 0
@@ -191,8 +193,9 @@ def test_crowd_region_ignores_background_but_not_positives():
     assert codes[5 * 8 + 3] == IGNORE and codes[4 * 8 + 2] == IGNORE and codes[2 * 8 + 3] == BACKGROUND
     assert torch.equal(codes, reference_assign(anchors, counts, gt, ignore_boxes=crowd))
     # Without ground truths the region still applies; an invalid crowd slot does nothing.
-    codes = ATSSAssigner().assign_batched(anchors, counts, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool),
-                                          crowd.expand(2, 1, 4), torch.tensor([[True], [False]]))
+    no_gt = PaddedTargets.from_boxes(torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool), crowd.expand(2, 1, 4),
+                                     torch.tensor([[True], [False]]))
+    codes = ATSSAssigner().assign_batched(anchors, counts, no_gt)
     assert torch.equal(codes[0], reference_assign(anchors, counts, torch.zeros(0, 4), ignore_boxes=crowd))
     assert (codes[0] == IGNORE).any() and (codes[1] == BACKGROUND).all()
     empty_crowd = ATSSAssigner().assign(anchors, counts, gt, ignore_boxes=torch.zeros(0, 4))
@@ -227,7 +230,7 @@ def test_random_padded_batches_equal_per_image_and_the_reference(seed):
         gt_boxes[b, count:] = random_boxes(max_count - count, extent, g)  # real-looking padding
     crowd = random_boxes(len(num_per_image), extent, g, min_size=20, max_size=60).unsqueeze(1)  # (B, 1, 4)
     assigner = ATSSAssigner()
-    codes = assigner.assign_batched(anchors, counts, gt_boxes, gt_valid, crowd, None)
+    codes = assigner.assign_batched(anchors, counts, PaddedTargets.from_boxes(gt_boxes, gt_valid, crowd, None))
     assert codes.shape == (len(num_per_image), len(anchors))
     for b, boxes in enumerate(per_image):
         single = assigner.assign(anchors, counts, boxes, ignore_boxes=crowd[b])
@@ -251,8 +254,8 @@ def test_two_anchors_per_location_with_top18(seed):
     codes = ATSSAssigner(topk=18).assign(anchors, counts, boxes)
     assert torch.equal(codes, reference_assign(anchors, counts, boxes, topk=18))
     assert codes[2 * 27 + 1] == 0
-    batched = ATSSAssigner(topk=18).assign_batched(anchors, counts, boxes.expand(2, -1, -1),
-                                                   torch.tensor([[True] * 8, [True] * 4 + [False] * 4]))
+    padded = PaddedTargets.from_boxes(boxes.expand(2, -1, -1), torch.tensor([[True] * 8, [True] * 4 + [False] * 4]))
+    batched = ATSSAssigner(topk=18).assign_batched(anchors, counts, padded)
     assert torch.equal(batched[0], codes)
     assert torch.equal(batched[1], reference_assign(anchors, counts, boxes[:4], topk=18))
 
@@ -276,9 +279,11 @@ def test_bad_arguments():
     with pytest.raises(ValueError):  # counts do not add up to A
         assigner.assign(anchors, counts[:-1], torch.zeros(1, 4))
     with pytest.raises(ValueError):
-        assigner.assign_batched(anchors, counts, torch.zeros(2, 4), torch.ones(2, dtype=torch.bool))
+        assigner.assign_batched(anchors, counts,
+                                PaddedTargets.from_boxes(torch.zeros(2, 4), torch.ones(2, dtype=torch.bool)))
     with pytest.raises(ValueError):
-        assigner.assign_batched(anchors, counts, torch.zeros(1, 2, 4), torch.ones(1, 3, dtype=torch.bool))
+        assigner.assign_batched(anchors, counts,
+                                PaddedTargets.from_boxes(torch.zeros(1, 2, 4), torch.ones(1, 3, dtype=torch.bool)))
     with pytest.raises(ValueError):
-        assigner.assign_batched(anchors, counts, torch.zeros(2, 1, 4), torch.ones(2, 1, dtype=torch.bool),
-                                torch.zeros(3, 1, 4), None)
+        assigner.assign_batched(anchors, counts, PaddedTargets.from_boxes(
+            torch.zeros(2, 1, 4), torch.ones(2, 1, dtype=torch.bool), torch.zeros(3, 1, 4), None))

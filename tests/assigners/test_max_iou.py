@@ -2,7 +2,7 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from detector.assigners import BACKGROUND, IGNORE, MaxIoUAssigner
+from detector.assigners import BACKGROUND, IGNORE, PaddedTargets, MaxIoUAssigner
 
 
 def strips(*intervals):
@@ -107,10 +107,12 @@ def test_no_ground_truth_is_all_background():
     anchors = strips((0, 10), (5, 15))
     assigner = MaxIoUAssigner()
     assert assigner.assign(anchors, torch.zeros(0, 4)).tolist() == [BACKGROUND, BACKGROUND]
-    codes = assigner.assign_batched(anchors, torch.zeros(3, 0, 4), torch.zeros(3, 0, dtype=torch.bool))
+    codes = assigner.assign_batched(anchors, [len(anchors)],
+                                    PaddedTargets.from_boxes(torch.zeros(3, 0, 4), torch.zeros(3, 0, dtype=torch.bool)))
     assert codes.shape == (3, 2) and (codes == BACKGROUND).all()
     padded = strips((0, 10), (5, 15)).expand(2, 2, 4)
-    codes = assigner.assign_batched(anchors, padded, torch.zeros(2, 2, dtype=torch.bool))
+    codes = assigner.assign_batched(anchors, [len(anchors)],
+                                    PaddedTargets.from_boxes(padded, torch.zeros(2, 2, dtype=torch.bool)))
     assert (codes == BACKGROUND).all()
 
 
@@ -127,8 +129,9 @@ def test_crowd_region_ignores_background_but_not_positives():
     codes = MaxIoUAssigner().assign(anchors, gt, ignore_boxes=crowd)
     assert codes.tolist() == [0, IGNORE, BACKGROUND, IGNORE, BACKGROUND]
     # With no ground truth the crowd region still applies; an invalid crowd slot does nothing.
-    codes = MaxIoUAssigner().assign_batched(anchors, torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool),
-                                            crowd.expand(2, 1, 4), torch.tensor([[True], [False]]))
+    no_gt = PaddedTargets.from_boxes(torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.bool), crowd.expand(2, 1, 4),
+                                     torch.tensor([[True], [False]]))
+    codes = MaxIoUAssigner().assign_batched(anchors, [len(anchors)], no_gt)
     assert codes.tolist() == [[IGNORE, IGNORE, BACKGROUND, IGNORE, BACKGROUND], [BACKGROUND] * 5]
     assert MaxIoUAssigner().assign(anchors, gt, ignore_boxes=torch.zeros(0, 4)).tolist()[1] == BACKGROUND
 
@@ -162,7 +165,7 @@ def test_batched_equals_per_image_and_reference_on_padded_batches(seed):
         # Padding slots hold real-looking boxes that sit exactly on anchors: matching them would show.
         gt_boxes[b, count:] = anchors[torch.randint(len(anchors), (max_count - count,), generator=g)]
     assigner = MaxIoUAssigner()
-    codes = assigner.assign_batched(anchors, gt_boxes, gt_valid)
+    codes = assigner.assign_batched(anchors, [len(anchors)], PaddedTargets.from_boxes(gt_boxes, gt_valid))
     assert codes.shape == (len(counts), len(anchors))
     for b, boxes in enumerate(per_image):
         single = assigner.assign(anchors, boxes)
@@ -178,6 +181,8 @@ def test_bad_arguments():
         MaxIoUAssigner(pos_iou_thr=0.3, neg_iou_thr=0.4)
     assigner = MaxIoUAssigner()
     with pytest.raises(ValueError):
-        assigner.assign_batched(torch.zeros(3, 4), torch.zeros(2, 4), torch.ones(2, dtype=torch.bool))
+        assigner.assign_batched(torch.zeros(3, 4), [3],
+                                PaddedTargets.from_boxes(torch.zeros(2, 4), torch.ones(2, dtype=torch.bool)))
     with pytest.raises(ValueError):
-        assigner.assign_batched(torch.zeros(3, 4), torch.zeros(1, 2, 4), torch.ones(1, 3, dtype=torch.bool))
+        assigner.assign_batched(torch.zeros(3, 4), [3],
+                                PaddedTargets.from_boxes(torch.zeros(1, 2, 4), torch.ones(1, 3, dtype=torch.bool)))

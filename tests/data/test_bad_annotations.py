@@ -18,7 +18,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from detector.data import CocoDetection, LVISDetection
-from detector.data.coco import BadImageError
+from detector.data.detection_dataset import BadImageError
 
 CATEGORIES = [{"id": 7, "name": "seven"}, {"id": 2, "name": "two"}]
 LVIS_CATEGORIES = [{"id": 7, "name": "seven", "frequency": "f"}, {"id": 2, "name": "two", "frequency": "r"}]

@@ -21,7 +21,7 @@ from detector.data import (
     ensure_synthetic_coco,
     generate_synthetic_coco,
 )
-from detector.data.synthetic import SHAPES
+from detector.data.synthetic_shapes import SHAPES
 
 SMALL = dict(num_train=10, num_val=8, image_size=64, num_classes=4, min_object_size=8, max_object_size=40,
              max_objects=4)

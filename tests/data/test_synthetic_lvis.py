@@ -23,7 +23,7 @@ from detector.data import (
     generate_synthetic_lvis,
     repeat_factors,
 )
-from detector.data.synthetic import class_appearance
+from detector.data.synthetic_shapes import class_appearance
 from detector.data.synthetic_lvis import frequency_group, planned_train_image_counts
 
 # 3 frequent classes (planned in 120, 117, 115 train images), 2 common (85, 14), 1 rare (8).

@@ -30,13 +30,14 @@ import torch.multiprocessing as mp
 
 from detector.config import load_config
 from detector.data.build import prepare_synthetic_data
-from detector.engine.checkpoint import load_checkpoint, unwrap_model
-from detector.engine.distributed import destroy_distributed, reduce_loss_dict
 from detector.engine.evaluate import evaluate_model
-from detector.engine.seeding import seed_everything
 from detector.engine.trainer import Trainer, TrainingInterrupted
 from detector.losses import EqualizedFocalLoss
 from detector.models import build_model
+from detector.runtime.checkpoint import load_checkpoint
+from detector.runtime.distributed import destroy_distributed, reduce_loss_dict
+from detector.runtime.model_state import unwrap_model
+from detector.runtime.seeding import seed_everything
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "quickstart.yaml"

@@ -18,8 +18,8 @@ import torch
 
 from detector.config import load_config
 from detector.data.build import prepare_synthetic_data
-from detector.engine.checkpoint import load_checkpoint
-from detector.engine.trainer import StopSignal
+from detector.engine.stopping import StopSignal
+from detector.runtime.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "quickstart.yaml"

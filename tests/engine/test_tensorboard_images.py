@@ -12,8 +12,8 @@ from tensorboard.util import tensor_util
 
 from detector.config import load_config
 from detector.data.synthetic import ensure_synthetic_coco
-from detector.engine.metrics_log import MetricsLogger
 from detector.engine.trainer import Trainer, train
+from detector.runtime.metrics_log import MetricsLogger
 from detector.visualization.draw import PANEL_GAP
 
 ROOT = Path(__file__).resolve().parents[2]

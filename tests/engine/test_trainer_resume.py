@@ -20,10 +20,10 @@ from torch.utils.data import DataLoader, Dataset
 from detector.config import load_config
 from detector.data import GroupedBatchSampler
 from detector.data.seeded import SeededDataset, sample_seed, seeded_rng
-from detector.engine.checkpoint import CheckpointError, load_checkpoint
 from detector.engine.trainer import NonFiniteLossError, Trainer
 from detector.losses import EqualizedFocalLoss
 from detector.models.detector import DenseDetector
+from detector.runtime.checkpoint import CheckpointError, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "quickstart.yaml"

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 
+from detector.assigners import pad_targets
 from detector.config import load_config
 from detector.models import build_model
-from detector.models.heads.common import flatten_level, pad_targets
+from detector.models.heads.common import flatten_level
 
 TINY = ["model.backbone.depth=18", "model.backbone.weights=null", "model.backbone.norm=bn",
         "model.backbone.frozen_stages=0", "model.neck.out_channels=32", "model.head.feat_channels=32",
@@ -56,11 +57,9 @@ def test_classification_loss_normalised_by_positives(model):
     tgt = [target([[16, 16, 80, 80]], [1])]
     head = model.head
     with torch.no_grad():
-        feats = model.neck(model.backbone(images))
-        outputs = head(feats)
-        logits = outputs[0]
-        anchors, per_level = model.anchor_generator(feats)
-        losses = head.loss(outputs, anchors, per_level, tgt)
+        outputs = model.dense_outputs(images)
+        logits, anchors = outputs.pred_logits, outputs.anchors
+        losses = head.loss(outputs, tgt)
         assigned = head.assigner.assign(anchors, tgt[0]["boxes"])
         positive = assigned >= 0
         onehot = torch.zeros_like(logits[0])

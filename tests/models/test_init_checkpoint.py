@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from detector.config import load_config
-from detector.engine.checkpoint import CheckpointError, save_checkpoint
 from detector.models import build_model
+from detector.runtime.checkpoint import CheckpointError, save_checkpoint
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs/quickstart.yaml"
 TINY = ["model.head.num_convs=1", "model.head.feat_channels=32", "model.neck.out_channels=32"]

@@ -25,11 +25,11 @@ import torch
 
 from detector.config import ConfigError, load_config
 from detector.data.synthetic import ensure_synthetic_coco
-from detector.engine.checkpoint import (CheckpointError, StateDictMismatchError, load_model_checkpoint,
-                                        model_state_from_checkpoint, save_checkpoint)
 from detector.evaluation import ResultsFormatError, load_results
 from detector.evaluation.results import check_result_columns
 from detector.models import build_model
+from detector.runtime.checkpoint import CheckpointError, save_checkpoint
+from detector.runtime.model_state import StateDictMismatchError, load_model_checkpoint, model_state_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "quickstart.yaml"
@@ -85,7 +85,7 @@ def eval_tool():
 @pytest.fixture
 def eval_main(eval_tool, monkeypatch, capsys):
     """tools/eval.py's main(argv) in this process -> (exit code, stderr)."""
-    monkeypatch.setattr(eval_tool, "setup_logging", lambda rank: None)  # keep pytest's logging as it is
+    monkeypatch.setattr(eval_tool, "start_logging", lambda rank=0: None)  # keep pytest's logging as it is
 
     def call(*argv):
         code = eval_tool.main([str(a) for a in argv])

@@ -7,6 +7,7 @@ transform is set to that size, so neither side resizes; focaldet gets the same p
 """
 
 import copy
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -18,10 +19,10 @@ from torchvision.models.detection import (RetinaNet_ResNet50_FPN_Weights, retina
                                           retinanet_resnet50_fpn_v2)
 
 from detector.config import load_config
-from detector.engine.checkpoint import load_checkpoint
+from detector.conversion.torchvision_retinanet import (COCO_CATEGORY_IDS, ConversionError, convert_state_dict,
+                                                       torchvision_model_config, upgrade_legacy_keys)
 from detector.models import build_model
-from detector.models.torchvision_import import (COCO_CATEGORY_IDS, ConversionError, convert_state_dict,
-                                                torchvision_model_config, upgrade_legacy_keys)
+from detector.runtime.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 HEIGHT, WIDTH = 96, 160
@@ -90,7 +91,7 @@ def test_converted_model_gives_torchvision_detections(torchvision_models, images
     assert detected == version
     model = build_model(torchvision_model_config(version, num_classes=91)).eval()
     model.load_state_dict(converted)
-    model.head.max_dets = tv_model.detections_per_img  # 300: compare every detection
+    model.head.inference = dataclasses.replace(model.head.inference, max_dets=tv_model.detections_per_img)  # 300
     image = images[:1]  # one image here; the end-to-end test below runs a batch of two
     with torch.no_grad():
         expected = tv_model(list(image))

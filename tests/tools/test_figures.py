@@ -1,7 +1,7 @@
 """Every figure command writes a PNG on a tiny model (ResNet-18, 64 px images) and a tiny dataset.
 
 The tools' ``main(argv)`` run in-process (one Python start for all of them); checkpoints are randomly
-initialised models saved with detector.engine.checkpoint.
+initialised models saved with detector.runtime.checkpoint.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import pytest
 
 from detector.config import load_config
 from detector.data.synthetic import ensure_synthetic_coco
-from detector.engine.checkpoint import save_checkpoint
-from detector.engine.metrics_log import MetricsLogger
 from detector.models import build_model
+from detector.runtime.checkpoint import save_checkpoint
+from detector.runtime.metrics_log import MetricsLogger
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNTHETIC = dict(num_train=4, num_val=4, image_size=64, num_classes=6, min_object_size=12, max_object_size=40,

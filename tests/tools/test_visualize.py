@@ -12,8 +12,8 @@ from PIL import Image
 
 from detector.config import load_config
 from detector.data.synthetic import ensure_synthetic_coco
-from detector.engine.checkpoint import save_checkpoint
 from detector.models import build_model
+from detector.runtime.checkpoint import save_checkpoint
 from detector.visualization import class_color
 from detector.visualization.draw import CAPTION_HEIGHT, PANEL_GAP
 

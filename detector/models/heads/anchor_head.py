@@ -6,7 +6,8 @@ A * 4 deltas. ATSS (Zhang et al. 2020) adds GroupNorm towers, a learnable scale 
 centerness branch; the EFL improved baseline (Li et al. 2022) uses an IoU branch instead.
 
 Training assigns anchors with the configured assigner (MaxIoU or ATSS), then, with N_pos the number of
-positive anchors in the batch averaged over processes (at least 1):
+positive anchors in the batch averaged over processes (at least 1), the classification loss of
+:class:`~detector.models.heads.base.DenseHead` and:
 
     loss_cls     = w_cls * sum_{non-ignored anchors, classes} cls_loss(x, y) / N_pos
                    (y one-hot; for a soft-target loss such as QFL, y = IoU of the decoded box with its gt)
@@ -21,55 +22,46 @@ score is sigmoid(cls), or sqrt(sigmoid(cls) * sigmoid(quality)) with a quality b
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from detector.assigners import IGNORE
+from detector.assigners.base import Assigner
 from detector.boxes import DeltaBoxCoder, box_iou_paired
-from detector.models.heads.common import (Scale, anchor_centres, assign_targets, centerness_target, conv_tower,
-                                          flatten_level, mean_over_processes, prediction_conv)
-from detector.models.postprocess import nms_per_image, select_candidates
+from detector.losses import BoxLoss, ClassificationLoss
+from detector.models.heads.base import DenseHead, LossWeights
+from detector.models.heads.common import (Scale, TowerSpec, anchor_centres, centerness_target, flatten_level,
+                                          prediction_conv)
+from detector.models.outputs import DenseOutputs
+from detector.models.postprocess import InferenceParams
+from detector.runtime.distributed import all_reduce_mean
 
 QUALITY_BRANCHES = (None, "centerness", "iou")
 
 
-class AnchorHead(nn.Module):
+class AnchorHead(DenseHead):
     """Towers, outputs, loss and inference decoding of RetinaNet-style anchor heads."""
 
-    def __init__(self, num_classes: int, in_channels: int, num_anchors: int, num_levels: int, assigner,
-                 box_coder: DeltaBoxCoder, cls_loss: Callable[..., Tensor], box_loss: Callable[..., Tensor],
-                 soft_cls_targets: bool = False, box_loss_on_boxes: bool = False, num_convs: int = 4,
-                 feat_channels: int = 256, norm: str | None = None, prior_prob: float = 0.01,
-                 quality_branch: str | None = None, scale_per_level: bool = False, cls_loss_weight: float = 1.0,
-                 box_loss_weight: float = 1.0, quality_loss_weight: float = 1.0, score_thr: float = 0.05,
-                 topk_per_level: int = 1000, nms_iou: float = 0.5, max_dets: int = 100):
-        super().__init__()
+    def __init__(self, *, num_classes: int, num_anchors: int, num_levels: int, tower: TowerSpec, assigner: Assigner,
+                 box_coder: DeltaBoxCoder, cls_loss: ClassificationLoss, box_loss: BoxLoss, prior_prob: float = 0.01,
+                 quality_branch: str | None = None, scale_per_level: bool = False,
+                 loss_weights: LossWeights = LossWeights(), inference: InferenceParams = InferenceParams()):
         if quality_branch not in QUALITY_BRANCHES:
             raise ValueError(f"quality_branch must be one of {QUALITY_BRANCHES}, got {quality_branch!r}")
-        self.num_classes = num_classes
+        super().__init__(num_classes=num_classes, assigner=assigner, cls_loss=cls_loss, loss_weights=loss_weights,
+                         inference=inference)
         self.num_anchors = num_anchors
-        tower_out = feat_channels if num_convs > 0 else in_channels
-        self.cls_tower = conv_tower(in_channels, feat_channels, num_convs, norm)
-        self.box_tower = conv_tower(in_channels, feat_channels, num_convs, norm)
-        self.cls_logits = prediction_conv(tower_out, num_anchors * num_classes,
+        self.cls_tower = tower.build()
+        self.box_tower = tower.build()
+        self.cls_logits = prediction_conv(tower.out_channels, num_anchors * num_classes,
                                           bias_value=-math.log((1 - prior_prob) / prior_prob))
-        self.box_deltas = prediction_conv(tower_out, num_anchors * 4)
+        self.box_deltas = prediction_conv(tower.out_channels, num_anchors * 4)
         self.quality_branch = quality_branch
-        self.quality_logits = prediction_conv(tower_out, num_anchors) if quality_branch else None
+        self.quality_logits = prediction_conv(tower.out_channels, num_anchors) if quality_branch else None
         self.scales = nn.ModuleList(Scale() for _ in range(num_levels)) if scale_per_level else None
-        self.assigner = assigner
         self.box_coder = box_coder
-        self.cls_loss = cls_loss                    # (logits (..., K), targets (..., K), reduction) -> loss
-        self.soft_cls_targets = soft_cls_targets    # True: IoU-valued targets (QFL); False: one-hot
-        self.box_loss = box_loss                    # (pred (P, 4), target (P, 4), reduction) -> loss
-        self.box_loss_on_boxes = box_loss_on_boxes  # True: compare decoded boxes (GIoU); False: deltas
-        self.cls_loss_weight, self.box_loss_weight = cls_loss_weight, box_loss_weight
-        self.quality_loss_weight = quality_loss_weight
-        self.score_thr, self.topk_per_level = score_thr, topk_per_level
-        self.nms_iou, self.max_dets = nms_iou, max_dets
+        self.box_loss = box_loss  # (pred (P, 4), target (P, 4), reduction) -> loss; .on_boxes: decoded boxes
 
     def forward(self, features: list[Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
         """Class logits (B, N, K), box deltas (B, N, 4) and quality logits (B, N) or None; N = all anchors."""
@@ -86,54 +78,43 @@ class AnchorHead(nn.Module):
         quality = torch.cat(quality_out, dim=1).squeeze(2) if quality_out else None
         return torch.cat(cls_out, dim=1), torch.cat(box_out, dim=1), quality
 
-    def loss(self, outputs: tuple, anchors: Tensor, num_anchors_per_level: list[int],
-             targets: list[dict]) -> dict[str, Tensor]:
-        pred_logits, pred_deltas, pred_quality = outputs
-        gt, assigned = assign_targets(self.assigner, anchors, num_anchors_per_level, targets)
-        positive = assigned >= 0  # (B, N)
-        num_pos = mean_over_processes(positive.sum().float()).clamp(min=1.0)
-        batch_idx, anchor_idx = positive.nonzero(as_tuple=True)  # (P,) each
-        pos_gt = assigned[batch_idx, anchor_idx]  # (P,)
-        matched_gt = gt.boxes[batch_idx, pos_gt]  # (P, 4)
-        pos_anchors = anchors[anchor_idx]  # (P, 4)
-        pos_deltas = pred_deltas[batch_idx, anchor_idx].float()  # (P, 4)
+    def loss(self, outputs: DenseOutputs, targets: list[dict]) -> dict[str, Tensor]:
+        pos = self.match(outputs, targets)
+        pos_anchors = outputs.anchors[pos.anchor_idx]  # (P, 4)
+        pos_deltas = outputs.pred_regression[pos.batch_idx, pos.anchor_idx].float()  # (P, 4)
         pos_boxes = self.box_coder.decode(pos_deltas, pos_anchors)  # (P, 4)
-        pos_iou = box_iou_paired(pos_boxes.detach(), matched_gt) if (
-            self.soft_cls_targets or self.quality_branch == "iou") else None  # (P,)
+        pos_iou = box_iou_paired(pos_boxes.detach(), pos.gt_boxes) if (
+            self.cls_loss.soft_targets or self.quality_branch == "iou") else None  # (P,)
+        losses = {"loss_cls": self.classification_loss(outputs.pred_logits, pos, pos_iou)}
 
-        cls_targets = torch.zeros_like(pred_logits, dtype=torch.float32)  # (B, N, K)
-        cls_targets[batch_idx, anchor_idx, gt.labels[batch_idx, pos_gt]] = pos_iou if self.soft_cls_targets else 1.0
-        cls_per_anchor = self.cls_loss(pred_logits.float(), cls_targets, reduction="none").sum(dim=2)  # (B, N)
-        losses = {"loss_cls": self.cls_loss_weight * (cls_per_anchor * (assigned != IGNORE)).sum() / num_pos}
-
-        if self.box_loss_on_boxes:
-            box_terms = self.box_loss(pos_boxes, matched_gt, reduction="none")  # (P,)
+        weights = self.loss_weights
+        if self.box_loss.on_boxes:
+            box_terms = self.box_loss(pos_boxes, pos.gt_boxes, reduction="none")  # (P,)
         else:
-            box_terms = self.box_loss(pos_deltas, self.box_coder.encode(matched_gt, pos_anchors),
+            box_terms = self.box_loss(pos_deltas, self.box_coder.encode(pos.gt_boxes, pos_anchors),
                                       reduction="none").sum(dim=1)  # (P,)
         if self.quality_branch is None:
-            losses["loss_box"] = self.box_loss_weight * box_terms.sum() / num_pos
+            losses["loss_box"] = weights.box * box_terms.sum() / pos.num_pos
             return losses
         if self.quality_branch == "centerness":
-            quality_target = centerness_target(anchor_centres(pos_anchors), matched_gt)  # (P,)
-            normaliser = mean_over_processes(quality_target.sum()).clamp(min=1e-6)
-            losses["loss_box"] = self.box_loss_weight * (box_terms * quality_target).sum() / normaliser
+            quality_target = centerness_target(anchor_centres(pos_anchors), pos.gt_boxes)  # (P,)
+            normaliser = all_reduce_mean(quality_target.sum()).clamp(min=1e-6)
+            losses["loss_box"] = weights.box * (box_terms * quality_target).sum() / normaliser
         else:
             quality_target = pos_iou
-            losses["loss_box"] = self.box_loss_weight * box_terms.sum() / num_pos
-        pos_quality = pred_quality[batch_idx, anchor_idx].float()  # (P,)
-        losses["loss_quality"] = self.quality_loss_weight * F.binary_cross_entropy_with_logits(
-            pos_quality, quality_target, reduction="sum") / num_pos
+            losses["loss_box"] = weights.box * box_terms.sum() / pos.num_pos
+        pos_quality = outputs.pred_quality[pos.batch_idx, pos.anchor_idx].float()  # (P,)
+        losses["loss_quality"] = weights.quality * F.binary_cross_entropy_with_logits(
+            pos_quality, quality_target, reduction="sum") / pos.num_pos
         return losses
 
-    @torch.no_grad()
-    def predict(self, outputs: tuple, anchors: Tensor, num_anchors_per_level: list[int],
-                image_size: tuple[int, int]) -> list[dict]:
-        pred_logits, pred_deltas, pred_quality = outputs
-        scores = pred_logits.float().sigmoid()  # (B, N, K)
-        if pred_quality is not None:
-            scores = (scores * pred_quality.float().sigmoid()[..., None]).sqrt_()
-        candidates = select_candidates(scores, num_anchors_per_level, self.score_thr, self.topk_per_level)
-        deltas = pred_deltas[candidates.batch_idx, candidates.anchor_idx].float()
-        boxes = self.box_coder.decode(deltas, anchors[candidates.anchor_idx])
-        return nms_per_image(boxes, candidates, pred_logits.shape[0], image_size, self.nms_iou, self.max_dets)
+    def pred_scores(self, outputs: DenseOutputs) -> Tensor:
+        """sigmoid(cls) (B, N, K), or sqrt(sigmoid(cls) * sigmoid(quality)) with a quality branch."""
+        scores = outputs.pred_logits.float().sigmoid()  # (B, N, K)
+        if outputs.pred_quality is not None:
+            scores = (scores * outputs.pred_quality.float().sigmoid()[..., None]).sqrt_()
+        return scores
+
+    def decode_boxes(self, outputs: DenseOutputs, batch_idx: Tensor, anchor_idx: Tensor) -> Tensor:
+        deltas = outputs.pred_regression[batch_idx, anchor_idx].float()  # (P, 4)
+        return self.box_coder.decode(deltas, outputs.anchors[anchor_idx])

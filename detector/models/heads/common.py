@@ -1,12 +1,29 @@
-"""Pieces every dense head shares: conv towers, level flattening, padded ground truths, normalisers."""
+"""Layers and geometry every dense head shares: conv towers, prediction convs, level flattening, scales, centres."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    """A head's two conv towers (classification and box), alike: ``num_convs`` x (conv3x3 [+ GroupNorm] + ReLU)
+    from ``in_channels`` (the neck's) to ``feat_channels``; ``norm`` None or "gn"."""
+    in_channels: int
+    feat_channels: int = 256
+    num_convs: int = 4
+    norm: str | None = None
+
+    @property
+    def out_channels(self) -> int:
+        """Channels the prediction convs receive (the input itself when there are no tower convs)."""
+        return self.feat_channels if self.num_convs > 0 else self.in_channels
+
+    def build(self) -> nn.Sequential:
+        return conv_tower(self.in_channels, self.feat_channels, self.num_convs, self.norm)
 
 
 def conv_tower(in_channels: int, feat_channels: int, num_convs: int, norm: str | None) -> nn.Sequential:
@@ -38,57 +55,6 @@ def flatten_level(output: Tensor, channels: int) -> Tensor:
     """(B, A * C, H, W) -> (B, H * W * A, C), the anchor generator's location-major order."""
     batch, _, height, width = output.shape
     return output.view(batch, -1, channels, height, width).permute(0, 3, 4, 1, 2).reshape(batch, -1, channels)
-
-
-@dataclass
-class PaddedTargets:
-    """Ground truths of a batch padded to the largest count, so assignment and losses run batched."""
-    boxes: Tensor         # (B, G, 4) xyxy
-    labels: Tensor        # (B, G) int64
-    valid: Tensor         # (B, G) bool
-    ignore_boxes: Tensor  # (B, C, 4) crowd regions
-    ignore_valid: Tensor  # (B, C) bool
-
-
-def _pad(tensors: list[Tensor], width: int, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    counts = torch.tensor([len(t) for t in tensors])
-    max_count = int(counts.max()) if len(tensors) else 0
-    shape = (len(tensors), max_count) + ((width,) if width else ())
-    padded = torch.zeros(shape, dtype=dtype)
-    valid = torch.arange(max_count)[None, :] < counts[:, None]  # (B, G)
-    if max_count:
-        padded[valid] = torch.cat([t.to("cpu", dtype).reshape(-1, *shape[2:]) for t in tensors])
-    return padded.to(device, non_blocking=True), valid.to(device, non_blocking=True)
-
-
-def pad_targets(targets: list[dict], device: torch.device) -> PaddedTargets:
-    """Stack per-image ``boxes``/``labels``/``ignore_boxes`` into padded batch tensors (one copy each)."""
-    boxes, valid = _pad([t["boxes"] for t in targets], 4, device, torch.float32)
-    labels, _ = _pad([t["labels"] for t in targets], 0, device, torch.int64)
-    empty = torch.zeros(0, 4)
-    ignore, ignore_valid = _pad([t.get("ignore_boxes", empty) for t in targets], 4, device, torch.float32)
-    return PaddedTargets(boxes, labels, valid, ignore, ignore_valid)
-
-
-def assign_targets(assigner, anchors: Tensor, num_anchors_per_level: list[int],
-                   targets: list[dict]) -> tuple[PaddedTargets, Tensor]:
-    """Pad the batch's ground truths and assign every anchor: (B, N) gt index, -1 background, -2 ignored."""
-    gt = pad_targets(targets, anchors.device)
-    if getattr(assigner, "uses_levels", False):  # ATSS picks its candidates level by level
-        assigned = assigner.assign_batched(anchors, num_anchors_per_level, gt.boxes, gt.valid, gt.ignore_boxes,
-                                           gt.ignore_valid)
-    else:
-        assigned = assigner.assign_batched(anchors, gt.boxes, gt.valid, gt.ignore_boxes, gt.ignore_valid)
-    return gt, assigned
-
-
-def mean_over_processes(value: Tensor) -> Tensor:
-    """Average a scalar over all processes (the positives normaliser), so every rank divides alike."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        value = value.clone()
-        dist.all_reduce(value)
-        value = value / dist.get_world_size()
-    return value
 
 
 class Scale(nn.Module):

@@ -1,4 +1,4 @@
-"""Tests for detector.engine.distributed: single-process fallbacks and a real 2-process gloo group."""
+"""Tests for detector.runtime.distributed: single-process fallbacks and a real 2-process gloo group."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from detector.engine import distributed as D
+from detector.runtime import distributed as D
 
 WORLD_SIZE = 2
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

@@ -1,4 +1,4 @@
-"""Tests for detector.engine.seeding: seed_everything, DataLoader worker seeding, generators."""
+"""Tests for detector.runtime.seeding: seed_everything, DataLoader worker seeding, generators."""
 
 import random
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from detector.engine.seeding import make_generator, make_worker_init_fn, seed_everything
+from detector.runtime.seeding import make_generator, make_worker_init_fn, seed_everything
 
 
 def _draws():

@@ -1,4 +1,4 @@
-"""Tests for detector.engine.metrics_log: JSON lines + TensorBoard output, rank gating, meters."""
+"""Tests for detector.runtime.metrics_log: JSON lines + TensorBoard output, rank gating, meters."""
 
 import json
 import math
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from detector.engine import metrics_log
-from detector.engine.metrics_log import MeterGroup, MetricsLogger, SmoothedValue, read_metrics_jsonl
+from detector.runtime import metrics_log
+from detector.runtime.metrics_log import MeterGroup, MetricsLogger, SmoothedValue, read_metrics_jsonl
 
 
 def test_jsonl_lines_and_tensorboard_events(tmp_path):

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from detector.engine.distributed import is_main_process
+from detector.runtime.distributed import is_main_process
 
 __all__ = ["MetricsLogger", "read_metrics_jsonl", "SmoothedValue", "MeterGroup"]
 

@@ -43,6 +43,8 @@ from torch import Tensor
 from detector.config import save_config
 from detector.config_schema import (AnchorConfig, BackboneConfig, BoxLossConfig, Config, HeadConfig, ModelConfig,
                                     NeckConfig, TestConfig)
+from detector.models import build_model
+from detector.runtime.checkpoint import save_checkpoint
 
 # COCO 2017 detection category ids (1..90 without the 10 ids unused since the 2014 release).
 COCO_CATEGORY_IDS = tuple(i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83))
@@ -251,9 +253,6 @@ def convert_torchvision(source: str, out: str | os.PathLike, version: str | None
     default). With ``all_classes`` the 91 torchvision outputs are kept (label = category id), a model that
     COCO's 80-category annotation files do not fit: for comparisons only.
     """
-    from detector.engine.checkpoint import save_checkpoint  # engine imports models: keep this module light
-    from detector.models.build import build_model
-
     state, named_version = load_torchvision_weights(source)
     if version is not None and named_version is not None and version != named_version:
         raise ConversionError(f"{source} is torchvision's RetinaNet {named_version}, not {version}")

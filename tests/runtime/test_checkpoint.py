@@ -1,4 +1,4 @@
-"""Tests for detector.engine.checkpoint: atomic saves, rolling checkpoints, model-state loading, RNG state."""
+"""Tests for detector.runtime.checkpoint: atomic saves, rolling checkpoints, RNG state in checkpoints, resume."""
 
 import os
 import random
@@ -14,17 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from detector.engine import checkpoint as ckpt
-from detector.engine.checkpoint import (
-    CheckpointError,
-    CheckpointManager,
-    StateDictMismatchError,
-    capture_rng_state,
-    load_checkpoint,
-    load_model_state,
-    restore_rng_state,
-    save_checkpoint,
-)
+from detector.runtime import checkpoint as ckpt
+from detector.runtime.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, save_checkpoint
+from detector.runtime.model_state import load_model_state
+from detector.runtime.seeding import capture_rng_state, restore_rng_state
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,7 +70,7 @@ def test_kill_9_during_repeated_saves_never_corrupts(tmp_path):
     child = textwrap.dedent(f"""
         import sys, torch
         sys.path.insert(0, {str(REPO_ROOT)!r})
-        from detector.engine.checkpoint import CheckpointManager
+        from detector.runtime.checkpoint import CheckpointManager
         manager = CheckpointManager({str(directory)!r}, keep_last=2)
         big = torch.arange(1_000_000, dtype=torch.float32)  # ~4 MB, so kills land inside writes
         iteration = 0
@@ -171,51 +164,6 @@ def test_manager_removes_only_its_stale_temporaries(tmp_path):
     (tmp_path / ".user_notes.tmp").write_text("keep me")
     CheckpointManager(tmp_path)
     assert sorted(os.listdir(tmp_path)) == [".user_notes.tmp"]
-
-
-class Small(nn.Module):
-    def __init__(self, num_classes: int = 3, extra: bool = False) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3)
-        self.bn = nn.BatchNorm2d(4)
-        self.cls = nn.Linear(4, num_classes)
-        if extra:
-            self.extra = nn.Linear(2, 2)
-
-
-def test_load_model_state_strict_lists_every_mismatch_by_name():
-    source = Small(num_classes=3, extra=True).state_dict()
-    del source["bn.running_var"]
-    with pytest.raises(StateDictMismatchError) as info:
-        load_model_state(Small(num_classes=5), source)
-    message = str(info.value)
-    assert "missing keys (1): bn.running_var" in message
-    assert "extra.weight" in message and "extra.bias" in message
-    assert "cls.weight: [3, 4] -> [5, 4]" in message and "cls.bias: [3] -> [5]" in message
-    assert info.value.missing_keys == ["bn.running_var"]
-    assert sorted(info.value.unexpected_keys) == ["extra.bias", "extra.weight"]
-    assert [key for key, _, _ in info.value.shape_mismatches] == ["cls.weight", "cls.bias"]
-
-
-def test_load_model_state_non_strict_loads_matching_entries():
-    source_model = Small(num_classes=3)
-    target = Small(num_classes=5)
-    result = load_model_state(target, source_model.state_dict(), strict=False)
-    assert torch.equal(target.conv.weight, source_model.conv.weight)
-    assert not result.missing_keys and not result.unexpected_keys
-    assert [key for key, _, _ in result.shape_mismatches] == ["cls.weight", "cls.bias"]
-
-
-def test_load_model_state_handles_ddp_prefix_both_ways():
-    source = Small()
-    prefixed = {f"module.{key}": value for key, value in source.state_dict().items()}
-    bare = Small()
-    assert load_model_state(bare, prefixed) == ([], [], [])
-    assert torch.equal(bare.cls.weight, source.cls.weight)
-    wrapped = nn.DataParallel(Small())  # same `.module` wrapping as DDP
-    load_model_state(wrapped, source.state_dict())
-    assert torch.equal(wrapped.module.conv.weight, source.conv.weight)
-    load_model_state(wrapped, prefixed)
 
 
 def _draws():
