@@ -201,6 +201,11 @@ class DatasetConfig:
     filter_empty: bool = False  # drop images without boxes (training)
     # Training only: repeat-factor sampling threshold t (LVIS), or null for plain sampling.
     repeat_threshold: Optional[float] = None
+    # Training only, with repeat_threshold: how each image's repeat factor r_i becomes copies per epoch.
+    # stochastic: floor(r_i) + Bernoulli(frac(r_i)) every epoch, the epoch cut or wrapped to round(sum r_i)
+    # images (detectron2); ceil: ceil(r_i) copies, the epoch being that list of sum ceil(r_i) images (the
+    # official EFL code).
+    repeat_rounding: Literal["stochastic", "ceil"] = "stochastic"
 
     def __post_init__(self):
         if self.repeat_threshold is not None and not 0 < self.repeat_threshold <= 1:
