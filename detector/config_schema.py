@@ -291,7 +291,11 @@ class ScheduleConfig:
     weight_decay: float = 1e-4
     no_decay_norm_bias: bool = False
     gamma: float = 0.1
+    # Linear warm-up from warmup_factor * lr, in iterations or in epochs (converted with the sampler's batches
+    # per epoch, like epochs and steps; with repeat-factor sampling an epoch is the resampled list). At most
+    # one of the two may be non-zero.
     warmup_iters: int = 500
+    warmup_epochs: int = 0
     warmup_factor: float = 0.001
     clip_grad_norm: Optional[float] = None
 
@@ -305,8 +309,11 @@ class ScheduleConfig:
             raise ValueError(f"schedule.steps must be increasing and within the schedule, got {self.steps}")
         if self.max_iters is not None and self.max_iters < 1:
             raise ValueError(f"schedule.max_iters must be >= 1, got {self.max_iters}")
-        if self.lr <= 0 or self.warmup_iters < 0 or not 0 < self.warmup_factor <= 1:
-            raise ValueError("schedule.lr must be > 0, warmup_iters >= 0, warmup_factor in (0, 1]")
+        if self.lr <= 0 or self.warmup_iters < 0 or self.warmup_epochs < 0 or not 0 < self.warmup_factor <= 1:
+            raise ValueError("schedule.lr must be > 0, warmup_iters and warmup_epochs >= 0, warmup_factor in (0, 1]")
+        if self.warmup_iters and self.warmup_epochs:
+            raise ValueError(f"schedule.warmup_epochs ({self.warmup_epochs}) and schedule.warmup_iters "
+                             f"({self.warmup_iters}) both give the warm-up length: set one of them to 0")
 
 
 @dataclass(frozen=True)
