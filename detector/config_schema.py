@@ -28,9 +28,11 @@ class BackboneConfig:
 @dataclass(frozen=True)
 class NeckConfig:
     out_channels: int = 256
-    # P6 from the backbone's C5 (RetinaNet paper, torchvision v2) or from P5 (torchvision v1, FCOS, GFL).
-    p6_from: Literal["c5", "p5"] = "c5"
+    # P6 from the backbone's C5 (RetinaNet paper, torchvision v2), from P5 (torchvision v1, FCOS, GFL) or from
+    # lateral_p5, the 1x1 lateral of C5 before P5's 3x3 conv (the official EFL code's FPN).
+    p6_from: Literal["c5", "p5", "lateral_p5"] = "c5"
     norm: Optional[Literal["gn"]] = None
+    relu_before_p7: bool = True  # P7 = conv(relu(P6)); false: conv(P6) (the official EFL code)
 
 
 @dataclass(frozen=True)
