@@ -50,7 +50,8 @@ def test_efl_configs_follow_the_official_recipe(name):
     assert cfg.model.loss_cls.type == ("equalized_focal" if name.startswith("efl") else "focal")
 
 
-@pytest.mark.parametrize("name", ["reproduce/efl/efl.yaml", "reproduce/efl/fl.yaml"])
+@pytest.mark.parametrize("name", ["quickstart_lvis_efl.yaml", "quickstart_lvis_fl.yaml",
+                                  "reproduce/efl/efl.yaml", "reproduce/efl/fl.yaml"])
 def test_derived_configs_keep_the_official_model_and_rounding(name):
     cfg = load_config(ROOT / "configs" / name)
     assert_official_model(cfg.model)
