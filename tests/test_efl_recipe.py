@@ -54,6 +54,9 @@ def test_efl_configs_follow_the_official_recipe(name):
                                   "reproduce/efl/efl.yaml", "reproduce/efl/fl.yaml"])
 def test_derived_configs_keep_the_official_model_and_rounding(name):
     cfg = load_config(ROOT / "configs" / name)
+    if name.startswith("quickstart"):  # 192 px images: fewer candidates per level, as the official cap gives
+        assert cfg.model.test.topk_per_level == 1000
+        cfg = load_config(ROOT / "configs" / name, ["model.test.topk_per_level=6000"])
     assert_official_model(cfg.model)
     assert cfg.data.train.repeat_rounding == "ceil"
 
