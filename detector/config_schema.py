@@ -28,9 +28,11 @@ class BackboneConfig:
 @dataclass(frozen=True)
 class NeckConfig:
     out_channels: int = 256
-    # P6 from the backbone's C5 (RetinaNet paper, torchvision v2) or from P5 (torchvision v1, FCOS, GFL).
-    p6_from: Literal["c5", "p5"] = "c5"
+    # P6 from the backbone's C5 (RetinaNet paper, torchvision v2), from P5 (torchvision v1, FCOS, GFL) or from
+    # lateral_p5, the 1x1 lateral of C5 before P5's 3x3 conv (the official EFL code's FPN).
+    p6_from: Literal["c5", "p5", "lateral_p5"] = "c5"
     norm: Optional[Literal["gn"]] = None
+    relu_before_p7: bool = True  # P7 = conv(relu(P6)); false: conv(P6) (the official EFL code)
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,11 @@ class DatasetConfig:
     filter_empty: bool = False  # drop images without boxes (training)
     # Training only: repeat-factor sampling threshold t (LVIS), or null for plain sampling.
     repeat_threshold: Optional[float] = None
+    # Training only, with repeat_threshold: how each image's repeat factor r_i becomes copies per epoch.
+    # stochastic: floor(r_i) + Bernoulli(frac(r_i)) every epoch, the epoch cut or wrapped to round(sum r_i)
+    # images (detectron2); ceil: ceil(r_i) copies, the epoch being that list of sum ceil(r_i) images (the
+    # official EFL code).
+    repeat_rounding: Literal["stochastic", "ceil"] = "stochastic"
 
     def __post_init__(self):
         if self.repeat_threshold is not None and not 0 < self.repeat_threshold <= 1:
@@ -293,7 +300,11 @@ class ScheduleConfig:
     weight_decay: float = 1e-4
     no_decay_norm_bias: bool = False
     gamma: float = 0.1
+    # Linear warm-up from warmup_factor * lr, in iterations or in epochs (converted with the sampler's batches
+    # per epoch, like epochs and steps; with repeat-factor sampling an epoch is the resampled list). At most
+    # one of the two may be non-zero.
     warmup_iters: int = 500
+    warmup_epochs: int = 0
     warmup_factor: float = 0.001
     clip_grad_norm: Optional[float] = None
 
@@ -307,8 +318,11 @@ class ScheduleConfig:
             raise ValueError(f"schedule.steps must be increasing and within the schedule, got {self.steps}")
         if self.max_iters is not None and self.max_iters < 1:
             raise ValueError(f"schedule.max_iters must be >= 1, got {self.max_iters}")
-        if self.lr <= 0 or self.warmup_iters < 0 or not 0 < self.warmup_factor <= 1:
-            raise ValueError("schedule.lr must be > 0, warmup_iters >= 0, warmup_factor in (0, 1]")
+        if self.lr <= 0 or self.warmup_iters < 0 or self.warmup_epochs < 0 or not 0 < self.warmup_factor <= 1:
+            raise ValueError("schedule.lr must be > 0, warmup_iters and warmup_epochs >= 0, warmup_factor in (0, 1]")
+        if self.warmup_iters and self.warmup_epochs:
+            raise ValueError(f"schedule.warmup_epochs ({self.warmup_epochs}) and schedule.warmup_iters "
+                             f"({self.warmup_iters}) both give the warm-up length: set one of them to 0")
 
 
 @dataclass(frozen=True)

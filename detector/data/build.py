@@ -70,8 +70,9 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
     """The training loader and its batch sampler (call ``sampler.set_epoch`` before each epoch).
 
     With ``data.train.repeat_threshold`` t, images are repeated by LVIS's repeat factors
-    r_i = max over the image's categories of max(1, sqrt(t / f_c)) (stochastic rounding every epoch); an
-    epoch then holds round(sum_i r_i) images instead of N.
+    r_i = max over the image's categories of max(1, sqrt(t / f_c)), rounded as ``data.train.repeat_rounding``
+    says: ``stochastic`` (floor(r_i) + Bernoulli(frac(r_i)) every epoch; an epoch holds round(sum_i r_i)
+    images) or ``ceil`` (ceil(r_i) copies; an epoch holds sum_i ceil(r_i) images) instead of N.
 
     The loader's dataset is a :class:`SeededDataset` over the train set (``loader.dataset.dataset``) and the
     sampler yields ``(index, sample_seed)`` pairs. The loader has its own generator, so creating its
@@ -88,7 +89,7 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
                                   seed=cfg.runtime.seed, shuffle=True,
                                   group_by_aspect_ratio=data.aspect_ratio_grouping, rank=rank,
                                   world_size=world_size, drop_last=True, repeat_factors=factors,
-                                  sample_seeds=True)
+                                  repeat_rounding=data.train.repeat_rounding, sample_seeds=True)
     if len(sampler) == 0:
         raise ValueError(f"{dataset.ann_file}: {len(dataset)} images give no full batch of "
                          f"{data.batch_size // world_size} per process; lower data.batch_size")

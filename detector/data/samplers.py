@@ -11,6 +11,9 @@ from torch.utils.data import Sampler
 
 from detector.data.seeded import sample_seed
 
+REPEAT_ROUNDINGS = ("stochastic", "ceil")
+CEIL_TOLERANCE = 1e-9  # a repeat factor this close above an integer is that integer (float error of the sqrt)
+
 
 class GroupedBatchSampler(Sampler[list[int]]):
     """Yield batches of dataset indices for one rank, grouping images of the same orientation.
@@ -32,18 +35,25 @@ class GroupedBatchSampler(Sampler[list[int]]):
     first batch is drawn: an iterator created and dropped unused, as DataLoader's worker iterator does,
     leaves `start_batch` in place).
 
-    Repeat-factor sampling (epoch-based): with `repeat_factors` r_i (>= 1, e.g. from
-    `detector.data.repeat_factors`), each epoch draws, from the same `seed + epoch` generator on every rank,
-    floor(r_i) copies of image i plus one more with probability frac(r_i), shuffles that list, and wraps or
-    truncates it to a fixed length of round(sum_i r_i) (half up), the expected number of copies; then it is
-    padded and sharded as above. So with RFS an epoch has round(sum r_i) images, the expected number of
-    repeated images, instead of N (padded up to a multiple of `world_size` by repeating the head of the
-    shuffled list, as without RFS); image i appears about r_i times per epoch on average over epochs, and
-    `len()` stays the same on every rank and in every epoch, as DDP and per-epoch batch counting need.
-    Truncation drops, and wrapping repeats, copies at random positions of the shuffled list, so no image is
-    favoured; within one epoch an image may miss its last copy (or even its only one) to the truncation.
-    (`shuffle=False` keeps the copies in index order, so the truncation then falls on the last images.)
-    `epoch_size` holds the epoch's length before padding: N, or round(sum r_i) with RFS.
+    Repeat-factor sampling (epoch-based), with `repeat_factors` r_i (>= 1, e.g. from
+    `detector.data.repeat_factors`) and one of two roundings (`repeat_rounding`):
+
+    - "stochastic" (detectron2's RepeatFactorTrainingSampler rounding): each epoch draws, from the same
+      `seed + epoch` generator on every rank, floor(r_i) copies of image i plus one more with probability
+      frac(r_i), shuffles that list, and wraps or truncates it to a fixed length of round(sum_i r_i) (half
+      up), the expected number of copies. Image i appears about r_i times per epoch on average over epochs.
+      Truncation drops, and wrapping repeats, copies at random positions of the shuffled list, so no image is
+      favoured; within one epoch an image may miss its last copy (or even its only one) to the truncation.
+      (`shuffle=False` keeps the copies in index order, so the truncation then falls on the last images.)
+    - "ceil" (the official EFL code's `ri_mode: ceil`): every epoch holds exactly ceil(r_i) copies of image i,
+      shuffled with the `seed + epoch` generator; the epoch is that resampled list, sum_i ceil(r_i) images.
+      (A factor at most 1e-9 above an integer counts as that integer, so float error in sqrt(t / f_c) never adds
+      a copy.)
+
+    The epoch list is then padded and sharded as above. So with RFS an epoch has round(sum r_i) or
+    sum ceil(r_i) images instead of N (padded up to a multiple of `world_size` by repeating the head of the
+    shuffled list, as without RFS), and `len()` stays the same on every rank and in every epoch, as DDP and
+    per-epoch batch counting need. `epoch_size` holds the epoch's length before padding.
 
     Seeded samples: with `sample_seeds=True` every batch holds `(index, seed)` pairs instead of indices, where
     `seed = detector.data.seeded.sample_seed(seed, epoch, position)` and `position` is the sample's place in
@@ -64,6 +74,7 @@ class GroupedBatchSampler(Sampler[list[int]]):
         world_size: int = 1,
         drop_last: bool = True,
         repeat_factors: Sequence[float] | None = None,
+        repeat_rounding: str = "stochastic",
         sample_seeds: bool = False,
     ) -> None:
         if batch_size < 1:
@@ -72,6 +83,8 @@ class GroupedBatchSampler(Sampler[list[int]]):
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if len(aspect_ratios) == 0:
             raise ValueError("GroupedBatchSampler needs a non-empty dataset")
+        if repeat_rounding not in REPEAT_ROUNDINGS:
+            raise ValueError(f"repeat_rounding must be one of {REPEAT_ROUNDINGS}, got {repeat_rounding!r}")
         self.is_portrait = [float(ratio) >= 1.0 for ratio in aspect_ratios]  # h / w >= 1
         self.num_images = len(aspect_ratios)
         self.repeat_factors = None if repeat_factors is None else _check_repeat_factors(repeat_factors,
@@ -86,8 +99,12 @@ class GroupedBatchSampler(Sampler[list[int]]):
         self.sample_seeds = sample_seeds
         self.epoch = 0
         self.start_batch = 0
+        self.repeat_rounding = repeat_rounding
         self.epoch_size = self.num_images  # images per epoch before padding to a multiple of world_size
-        if self.repeat_factors is not None:
+        if self.repeat_factors is not None and repeat_rounding == "ceil":
+            self.ceil_copies = torch.ceil(self.repeat_factors - CEIL_TOLERANCE).long()  # (N,), >= 1
+            self.epoch_size = int(self.ceil_copies.sum())
+        elif self.repeat_factors is not None:
             self.epoch_size = int(math.floor(float(self.repeat_factors.sum(dtype=torch.float64)) + 0.5))
         self.shard_size = -(-self.epoch_size // world_size)  # ceil: every rank gets the same count
 
@@ -115,16 +132,22 @@ class GroupedBatchSampler(Sampler[list[int]]):
             else:
                 indices = list(range(self.num_images))
         else:
-            whole = torch.floor(self.repeat_factors)
-            # Stochastic rounding: one extra copy with probability frac(r_i), so E[copies] = r_i.
-            draws = torch.rand(self.num_images, generator=generator, dtype=torch.float64)  # (N,)
-            extra = draws < self.repeat_factors - whole
             # numpy's repeat: torch.repeat_interleave takes milliseconds even on a few elements.
-            copies = np.repeat(np.arange(self.num_images), (whole + extra).long().numpy())  # (M,)
+            copies = np.repeat(np.arange(self.num_images), self._copies_per_image(generator).numpy())  # (M,)
             if self.shuffle:
                 copies = copies[torch.randperm(len(copies), generator=generator).numpy()]
-            indices = _cycle(copies.tolist(), self.epoch_size)  # fixed epoch length: truncate or wrap
+            indices = _cycle(copies.tolist(), self.epoch_size)  # stochastic: truncate or wrap to a fixed length
         return _cycle(indices, self.shard_size * self.world_size)  # pad by repeating the head
+
+    def _copies_per_image(self, generator: torch.Generator) -> torch.Tensor:
+        """This epoch's number of copies of each image (N,): ceil(r_i), or floor(r_i) + Bernoulli(frac(r_i))."""
+        if self.repeat_rounding == "ceil":
+            return self.ceil_copies
+        whole = torch.floor(self.repeat_factors)
+        # Stochastic rounding: one extra copy with probability frac(r_i), so E[copies] = r_i.
+        draws = torch.rand(self.num_images, generator=generator, dtype=torch.float64)  # (N,)
+        extra = draws < self.repeat_factors - whole
+        return (whole + extra).long()
 
     def _shard_indices(self) -> list[int]:
         return self._epoch_indices()[self.rank :: self.world_size]

@@ -7,7 +7,8 @@ One call, ``train(cfg, work_dir, resume)``, does the whole run:
   images of the first val images' detections and per-class PR curves).
 
 The schedule is counted in iterations. With ``schedule.epochs`` the length and ``schedule.steps`` are
-converted with the sampler's batches per epoch; ``schedule.max_iters`` caps the iterations actually run
+converted with the sampler's batches per epoch, as is ``schedule.warmup_epochs`` (with repeat-factor sampling
+an epoch is the resampled list); ``schedule.max_iters`` caps the iterations actually run
 (the learning-rate schedule keeps the full length, so a capped run is the head of the full run).
 
 Exact resume. A checkpoint holds the model (EFL statistics are model buffers), optimizer, scheduler,
@@ -62,6 +63,7 @@ class ScheduleLength:
     total_iters: int      # the schedule's full length
     run_iters: int        # what this run executes (capped by schedule.max_iters)
     milestones: list[int]
+    warmup_iters: int     # schedule.warmup_iters, or schedule.warmup_epochs * iters_per_epoch
 
 
 def schedule_length(cfg: Config, iters_per_epoch: int) -> ScheduleLength:
@@ -69,7 +71,8 @@ def schedule_length(cfg: Config, iters_per_epoch: int) -> ScheduleLength:
     unit = iters_per_epoch if s.epochs is not None else 1
     total = (s.epochs if s.epochs is not None else s.iters) * unit
     run = min(total, s.max_iters) if s.max_iters is not None else total
-    return ScheduleLength(iters_per_epoch, total, run, [step * unit for step in s.steps])
+    warmup = s.warmup_epochs * iters_per_epoch if s.warmup_epochs else s.warmup_iters
+    return ScheduleLength(iters_per_epoch, total, run, [step * unit for step in s.steps], warmup)
 
 
 @dataclass
@@ -123,7 +126,7 @@ class Trainer:
                                          no_decay_norm_bias=s.no_decay_norm_bias,
                                          fused=cfg.runtime.fused_optimizer)
         self.scheduler = WarmupMultiStepLR(self.optimizer, self.length.milestones, gamma=s.gamma,
-                                           warmup_iters=s.warmup_iters, warmup_factor=s.warmup_factor)
+                                           warmup_iters=self.length.warmup_iters, warmup_factor=s.warmup_factor)
         self.amp_dtype = resolve_amp_dtype(cfg.runtime.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.runtime.amp == "fp16")
         if world_size > 1:
@@ -298,9 +301,9 @@ class Trainer:
         meters = MeterGroup(window_size=cfg.runtime.log_interval)
         bar = tqdm(total=run_iters, initial=self.iteration, desc="train", dynamic_ncols=True,
                    disable=not (self.progress and is_main_process()))
-        logger.info("training %d iterations (%d per epoch, schedule length %d, lr milestones %s) on %s x %d",
-                    run_iters, self.length.iters_per_epoch, self.length.total_iters, self.length.milestones,
-                    self.device, get_world_size())
+        logger.info("training %d iterations (%d per epoch, schedule length %d, warm-up %d, lr milestones %s) on "
+                    "%s x %d", run_iters, self.length.iters_per_epoch, self.length.total_iters,
+                    self.length.warmup_iters, self.length.milestones, self.device, get_world_size())
         self.model.train()
         stream = self.batches()
         last_good = None

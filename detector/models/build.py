@@ -101,7 +101,8 @@ def build_model(cfg: Config | ModelConfig) -> nn.Module:
     m = cfg.model if isinstance(cfg, Config) else cfg
     backbone = ResNetBackbone(depth=m.backbone.depth, weights=m.backbone.weights, norm=m.backbone.norm,
                               frozen_stages=m.backbone.frozen_stages)
-    neck = FPN(backbone.out_channels, out_channels=m.neck.out_channels, p6_from=m.neck.p6_from, norm=m.neck.norm)
+    neck = FPN(backbone.out_channels, out_channels=m.neck.out_channels, p6_from=m.neck.p6_from, norm=m.neck.norm,
+               relu_before_p7=m.neck.relu_before_p7)
     strides = level_strides(3, 7)
     a = m.anchors
     anchors = AnchorGenerator(strides, a.sizes, a.scales, a.ratios, offset=a.offset, sizes_per_level=a.sizes_per_level,
