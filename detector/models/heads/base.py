@@ -9,7 +9,8 @@ non-ignored anchor; with N_pos the number of positive anchors in the batch avera
 where y is one-hot at each positive's class, or, for a classification loss with soft targets (QFL, EFL in its
 quality form), the IoU of the positive's decoded box with its ground truth (detached). Each head adds its own
 box (and quality / DFL) terms. Inference, for every head: scores (B, N, K) -> per-level top-k above the score
-threshold -> the head decodes boxes for those candidates only -> one batched class-aware NMS.
+threshold -> the head decodes boxes for those candidates only -> each clipped to its own image -> one batched
+class-aware NMS.
 
 A head implements ``forward(features) -> (pred_logits, pred_regression, pred_quality)``, ``loss(outputs,
 targets)``, ``pred_scores(outputs)`` and ``decode_boxes(outputs, batch_idx, anchor_idx)``; the last two work on
@@ -28,7 +29,7 @@ from detector.assigners import IGNORE, assign_targets
 from detector.assigners.base import Assigner
 from detector.losses import ClassificationLoss
 from detector.models.outputs import DenseOutputs
-from detector.models.postprocess import InferenceParams, nms_per_image, select_candidates
+from detector.models.postprocess import InferenceParams, image_sizes_tensor, nms_per_image, select_candidates
 from detector.runtime.distributed import all_reduce_mean
 
 __all__ = ["DenseHead", "LossWeights", "Positives"]
@@ -97,10 +98,13 @@ class DenseHead(nn.Module, ABC):
         """Boxes (P, 4) xyxy in input pixels of the (image, anchor) pairs ``batch_idx``, ``anchor_idx`` (P,)."""
 
     @torch.no_grad()
-    def predict(self, outputs: DenseOutputs) -> list[dict]:
-        """Detections per image: ``boxes`` (M, 4) xyxy in input pixels, ``scores`` (M,), ``labels`` (M,)."""
+    def predict(self, outputs: DenseOutputs, image_sizes=None) -> list[dict]:
+        """Detections per image: ``boxes`` (M, 4) xyxy in input pixels, clipped to the image, ``scores`` (M,),
+        ``labels`` (M,). ``image_sizes``: each image's (h, w) after the resize, before the batch padding, as B
+        pairs or a (B, 2) tensor; None clips every image to the padded input."""
         params = self.inference
         scores = self.pred_scores(outputs)  # (B, N, K)
+        sizes = image_sizes_tensor(image_sizes, outputs.image_size, scores.shape[0], scores.device)  # (B, 2)
         candidates = select_candidates(scores, outputs.num_anchors_per_level, params.score_thr, params.topk_per_level)
         boxes = self.decode_boxes(outputs, candidates.batch_idx, candidates.anchor_idx)
-        return nms_per_image(boxes, candidates, scores.shape[0], outputs.image_size, params.nms_iou, params.max_dets)
+        return nms_per_image(boxes, candidates, scores.shape[0], sizes, params.nms_iou, params.max_dets)
