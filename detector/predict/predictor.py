@@ -27,12 +27,13 @@ from PIL import Image
 from detector.config import load_config
 from detector.config_schema import Config
 from detector.data.collate import DetectionCollator
-from detector.data.image_io import ImageReadError, describe_source, read_image
+from detector.data.image_io import ImageReadError
 from detector.data.transforms import build_transforms
 from detector.evaluation.inference import rescale_boxes
 from detector.predict.checkpoints import build_inference_model, load_weights, resolve_config_and_meta
 from detector.predict.results import Detections
-from detector.predict.streaming import Failure, InOrder, PreparedImage, canonical_shape, shape_batches
+from detector.predict.streaming import (Failure, ImagePreparer, InOrder, PreparedImage, canonical_shape,
+                                       shape_batches)
 from detector.runtime.checkpoint import load_checkpoint
 
 __all__ = ["Detector"]
@@ -78,8 +79,8 @@ class Detector:
             self.model.to(memory_format=torch.channels_last)
         data = self.config.data
         self.size_divisor = data.size_divisor
-        self.transform = build_transforms(train=False, min_size=data.test_min_size, max_size=data.test_max_size,
-                                          mean=data.mean, std=data.std)
+        self.preparer = ImagePreparer(build_transforms(train=False, min_size=data.test_min_size,
+                                                       max_size=data.test_max_size, mean=data.mean, std=data.std))
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None,
@@ -96,14 +97,7 @@ class Detector:
     def prepare(self, source, index: int = 0, keep_original: bool = False) -> PreparedImage:
         """Read one input (path, PIL image, HWC uint8 array, CHW tensor) and apply the test resize and
         normalisation; ImageReadError names the input when it cannot be read."""
-        image = read_image(source)  # (3, H, W) uint8, or float32 in [0, 1]
-        orig_size = (int(image.shape[1]), int(image.shape[2]))
-        prepared, target = self.transform(image, {})
-        original = None
-        if keep_original:
-            original = image if image.dtype == torch.uint8 else (image * 255).round().to(torch.uint8)
-        return PreparedImage(index, prepared, tuple(target["img_size"]), orig_size, describe_source(source),
-                             original)
+        return self.preparer(source, index, keep_original)
 
     def predict(self, inputs, score_thr: float | None = None, batch_size: int = 8) -> list[Detections]:
         """Detections for each input, in input order (a list even for one input).

@@ -18,7 +18,9 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
-__all__ = ["PreparedImage", "Failure", "canonical_shape", "shape_batches", "InOrder"]
+from detector.data.image_io import ImageReadError, describe_source, read_image
+
+__all__ = ["PreparedImage", "Failure", "ImagePreparer", "canonical_shape", "shape_batches", "InOrder", "identity"]
 
 T = TypeVar("T")
 
@@ -40,6 +42,30 @@ class Failure:
     index: int
     source: str
     message: str
+
+
+class ImagePreparer:
+    """Reads one input and applies the model's test transform (resize, normalise); small and picklable, so
+    DataLoader workers can run it (the model stays in the main process)."""
+
+    def __init__(self, transform: Callable) -> None:
+        self.transform = transform  # (image (3, H, W), target) -> (image (3, h, w) float, target with img_size)
+
+    def __call__(self, source, index: int = 0, keep_original: bool = False) -> PreparedImage:
+        image = read_image(source)  # (3, H, W) uint8, or float32 in [0, 1]
+        prepared, target = self.transform(image, {})
+        original = None
+        if keep_original:
+            original = image if image.dtype == torch.uint8 else (image * 255).round().to(torch.uint8)
+        return PreparedImage(index, prepared, tuple(target["img_size"]), (int(image.shape[1]), int(image.shape[2])),
+                             describe_source(source), original)
+
+    def or_failure(self, source, index: int, keep_original: bool = False) -> PreparedImage | Failure:
+        """:meth:`__call__`, or a Failure naming the input when it cannot be read."""
+        try:
+            return self(source, index, keep_original)
+        except ImageReadError as err:
+            return Failure(index, describe_source(source), str(err))
 
 
 def canonical_shape(img_size: tuple[int, int], size_divisor: int) -> tuple[int, int]:
