@@ -7,6 +7,7 @@ Defaults follow the RetinaNet paper's R50-FPN 1x COCO setting (see README "Confi
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -345,7 +346,7 @@ class RuntimeConfig:
     max_consecutive_nonfinite: int = 5
 
     def __post_init__(self):
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):
             raise ValueError(f"runtime.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"runtime.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
