@@ -199,6 +199,8 @@ class DetectionDataset(Dataset):
         num_clipped = 0
         self.dropped_ann_ids: list[int] = []
         ann_ids: set[int] = set()
+        num_without_area = 0
+        self.first_without_area: tuple[int, int] | None = None  # (annotation id, image id); evaluation needs area
 
         for ann in dataset["annotations"]:
             x, y, w, h = self._check_annotation(ann, image_index)
@@ -206,6 +208,9 @@ class DetectionDataset(Dataset):
                 raise ValueError(f"{self.ann_file}: annotation id {ann['id']} appears twice in 'annotations' (again "
                                  f"for image id {ann['image_id']}); annotation ids must be unique")
             ann_ids.add(ann["id"])
+            if "area" not in ann:
+                num_without_area += 1
+                self.first_without_area = self.first_without_area or (ann["id"], ann["image_id"])
             index = image_index[ann["image_id"]]
             img = images[index]
             img_w, img_h = float(img["width"]), float(img["height"])
@@ -241,6 +246,7 @@ class DetectionDataset(Dataset):
             "num_crowd": int(len(self._ignore_boxes)),
             "num_clipped": num_clipped,
             "num_dropped": len(self.dropped_ann_ids),
+            "num_without_area": num_without_area,
         }
 
     # ------------------------------------------------------------------ metadata (no decoding)
