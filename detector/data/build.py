@@ -109,7 +109,8 @@ def empty_training_set_message(dataset: CocoDetection | LVISDetection, filter_em
     num_dropped = stats["num_dropped"]
     dropped = f", {num_dropped} box{'es were' if num_dropped > 1 else ' was'} dropped as empty" if num_dropped else ""
     return (f"{dataset.ann_file}: the training set is empty: none of its {stats['num_filtered_images']} images has "
-            f"a non-crowd box{dropped}, and data.train.filter_empty={str(filter_empty).lower()} drops images without boxes")
+            f"a non-crowd box{dropped}, and data.train.filter_empty={str(filter_empty).lower()} drops images "
+            "without boxes")
 
 
 def build_val_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:

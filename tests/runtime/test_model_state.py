@@ -109,5 +109,6 @@ def test_non_strict_load_of_another_kind_warns_with_the_kind_and_the_keys(detect
     with caplog.at_level("WARNING"):
         result = load_model_state(retinanet, gfl_state, strict=False, model_type="retinanet")
     assert "holds a gfl model, the config builds retinanet" in caplog.text and "missing keys" in caplog.text
-    assert torch.equal(retinanet.state_dict()["backbone.layer1.0.conv1.weight"], gfl_state["backbone.layer1.0.conv1.weight"])
+    key = "backbone.layer1.0.conv1.weight"
+    assert torch.equal(retinanet.state_dict()[key], gfl_state[key])
     assert "head.box_bins.weight" in result.unexpected_keys
