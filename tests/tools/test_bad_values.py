@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 from detector.config import load_config
-from detector.data.synthetic import ensure_synthetic_coco
 from detector.engine.optim import build_optimizer
 from detector.models import build_model
 from detector.runtime.checkpoint import save_checkpoint
 
-from .test_bad_input import CONFIG, ROOT, SYNTHETIC, TINY_MODEL, load_tool
+from .test_bad_input import CONFIG, ROOT, load_tool
+from .test_bad_input import data as bad_input_data  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated:DeprecationWarning")
 
@@ -52,20 +52,12 @@ def one_error_line(stderr: str, code: int, expected_code: int, *names) -> str:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bad_values")
-    paths = ensure_synthetic_coco(str(tmp / "syn"), **SYNTHETIC)
-    opts = [f"data.synthetic.root={paths['root']}", *(f"data.synthetic.{k}={v}" for k, v in SYNTHETIC.items()),
-            f"data.train.ann_file={paths['train_ann_file']}", f"data.train.img_dir={paths['train_img_dir']}",
-            f"data.val.ann_file={paths['val_ann_file']}", f"data.val.img_dir={paths['val_img_dir']}",
-            "data.min_size=[64]", "data.max_size=64", "data.test_min_size=64", "data.test_max_size=64",
-            "data.num_workers=0", "data.batch_size=2", "data.test_batch_size=4", "schedule.max_iters=1",
-            "runtime.eval_at_end=false", *TINY_MODEL]
-    val = json.loads(Path(paths["val_ann_file"]).read_text())
-    results = tmp / "perfect.json"
+def data(bad_input_data):
+    """test_bad_input's tiny synthetic dataset and overrides, plus a results file of its val boxes."""
+    results = bad_input_data["tmp"] / "perfect.json"
     results.write_text(json.dumps([{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
-                                    "score": 0.9} for a in val["annotations"]]))
-    return {"tmp": tmp, "paths": paths, "opts": opts, "val": val, "results": results}
+                                    "score": 0.9} for a in bad_input_data["val"]["annotations"]]))
+    return {**bad_input_data, "results": results}
 
 
 @pytest.fixture
