@@ -31,14 +31,19 @@ _HEAD_SIGNATURES = (("head.box_bins.", "gfl"), ("head.box_deltas.", "retinanet /
 
 
 class StateDictMismatchError(CheckpointError):
-    """The keys or shapes of a state dict do not match the model (see the attributes for the full lists)."""
+    """The keys or shapes of a state dict do not match the model (see the attributes for the full lists).
+
+    ``saved_kind`` is set ("gfl", "retinanet / atss") when the state dict belongs to another kind of detector
+    than the model; the message then is one line naming both."""
 
     def __init__(self, message: str, missing_keys: list[str], unexpected_keys: list[str],
-                 shape_mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> None:
+                 shape_mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+                 saved_kind: str | None = None) -> None:
         super().__init__(message)
         self.missing_keys = missing_keys
         self.unexpected_keys = unexpected_keys
         self.shape_mismatches = shape_mismatches
+        self.saved_kind = saved_kind
 
 
 class LoadResult(NamedTuple):
@@ -154,7 +159,8 @@ def load_model_state(model: nn.Module, state_dict: dict[str, Any], strict: bool 
         # Weights of another detector, refused: the one line says it all. Otherwise every key is listed.
         message = title if other_model and strict else _list_mismatches(title, missing, unexpected, mismatched)
         if strict:
-            raise StateDictMismatchError(message, missing, unexpected, mismatched)
+            raise StateDictMismatchError(message, missing, unexpected, mismatched,
+                                         saved_kind=saved_kind if other_model else None)
         logger.warning("%s\n  (strict=False: loading the matching entries only)", message)
 
     skipped = {key for key, _, _ in mismatched}

@@ -84,6 +84,7 @@ def test_gfl_weights_into_a_retinanet_name_both_model_types_in_one_line(detector
                                "head.box_bins.*, this one head.box_deltas.*); use a checkpoint trained with the same "
                                "model.type")
     assert "head.box_deltas.weight" in info.value.missing_keys  # the lists stay on the exception
+    assert info.value.saved_kind == "gfl"
     assert all(torch.equal(value, before[key]) for key, value in retinanet.state_dict().items())  # nothing loaded
     # without the config's type, the model's own kind is named
     with pytest.raises(StateDictMismatchError, match=r"^the state dict holds a gfl model, this model is a "
@@ -99,6 +100,7 @@ def test_anchor_head_weights_into_a_gfl_model_and_same_kind_mismatches(detectors
     with pytest.raises(StateDictMismatchError) as info:
         load_model_state(detectors["quickstart"], detectors["quickstart_atss"].state_dict(), source="checkpoint a.pt")
     message = str(info.value)
+    assert info.value.saved_kind is None
     assert message.startswith("checkpoint a.pt: state dict does not match DenseDetector:\n")
     assert "unexpected keys" in message and "head.quality_logits.weight" in message
 
