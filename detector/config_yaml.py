@@ -45,12 +45,16 @@ class ConfigLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses duplicate keys and reads ``1e-3`` as a float (see the module)."""
 
     def construct_document(self, node: Node) -> Any:
+        self._checked_nodes: set[int] = set()
         self._check_unique_keys(node, "")
         return super().construct_document(node)
 
     def _check_unique_keys(self, node: Node, path: str) -> None:
         """Raise DuplicateKeyError for the first mapping (depth first) holding a scalar key twice; ``path`` is
         the node's dotted place in the document ("" at the root)."""
+        if id(node) in self._checked_nodes:  # an alias of a node seen before (possibly of its own parent)
+            return
+        self._checked_nodes.add(id(node))
         if isinstance(node, SequenceNode):
             for index, item in enumerate(node.value):
                 self._check_unique_keys(item, f"{path}[{index}]")

@@ -171,3 +171,13 @@ def test_files_that_are_not_yaml_text_name_the_file(tmp_path, content, expected)
 def test_the_loader_is_the_config_loaders_only():
     assert yaml.safe_load("a: 1e-3")["a"] == "1e-3"  # PyYAML itself is left alone
     assert yaml.safe_load("a: 1\na: 2") == {"a": 2}
+
+
+def test_aliases_are_checked_once_and_may_be_recursive():
+    from detector.config_yaml import DuplicateKeyError, load_yaml
+
+    data = load_yaml("a: &x [1, *x]\nb: &m {k: 1}\nc: *m\n")
+    assert data["a"][1] is data["a"] and data["c"] == {"k": 1}
+    with pytest.raises(DuplicateKeyError) as info:
+        load_yaml("a: &m\n  k: 1\n  k: 2\nb: *m\n")
+    assert (info.value.key, info.value.line, info.value.first_line) == ("a.k", 3, 2)
