@@ -7,6 +7,7 @@ Defaults follow the RetinaNet paper's R50-FPN 1x COCO setting (see README "Confi
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -157,10 +158,18 @@ class BoxCoderConfig:
 
 @dataclass(frozen=True)
 class TestConfig:
-    score_thr: float = 0.05
-    topk_per_level: int = 1000
-    nms_iou: float = 0.5
-    max_dets: int = 100
+    score_thr: float = 0.05   # detections scoring below are dropped (scores are probabilities: 0..1)
+    topk_per_level: int = 1000  # candidates per FPN level kept before NMS
+    nms_iou: float = 0.5      # NMS drops a box overlapping a higher-scoring one of its class by more (0..1)
+    max_dets: int = 100       # detections kept per image after NMS
+
+    def __post_init__(self):
+        for name in ("score_thr", "nms_iou"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"model.test.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("topk_per_level", "max_dets"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.test.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -286,6 +295,13 @@ class DataConfig:
             raise ValueError("data.batch_size and data.test_batch_size must be >= 1, num_workers >= 0")
         if not self.min_size or min(self.min_size) < 1:
             raise ValueError(f"data.min_size must list positive sizes, got {self.min_size}")
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) != 3:
+                raise ValueError(f"data.{name} needs one value per RGB channel (3 values), got {getattr(self, name)}")
+        if min(self.std) <= 0:
+            raise ValueError(f"data.std must be > 0 for every channel (pixels are divided by it), got {self.std}")
+        if not 0.0 <= self.flip_prob <= 1.0:
+            raise ValueError(f"data.flip_prob must be in [0, 1], got {self.flip_prob}")
 
 
 @dataclass(frozen=True)
@@ -346,7 +362,7 @@ class RuntimeConfig:
     max_consecutive_nonfinite: int = 5
 
     def __post_init__(self):
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")):
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):
             raise ValueError(f"runtime.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.keep_checkpoints < 1:
             raise ValueError(f"runtime.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
