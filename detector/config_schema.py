@@ -284,6 +284,8 @@ class DataConfig:
     test_batch_size: int = 8  # per process
     num_workers: int = 4  # per process
     min_size: list[int] = field(default_factory=lambda: [800])  # shorter side(s); several = multi-scale
+    # Multi-scale: one of min_size (choice, detectron2) or any integer between its min and max (range, mmdetection)
+    min_size_sampling: Literal["choice", "range"] = "choice"
     max_size: int = 1333
     test_min_size: int = 800
     test_max_size: int = 1333
