@@ -144,6 +144,10 @@ class BoxLossConfig:
     beta: float = 0.11  # smooth-L1 transition point
     weight: float = 1.0  # of the L1 / smooth-L1 / GIoU term
     dfl_weight: float = 0.25
+    # Anchor heads, per positive: none (mean over positives); centerness (weighted by its centerness target,
+    # ATSS); iou_target (by the detached IoU of its decoded box with its gt, divided by the sum of those over
+    # processes, at least 1: the official EFL code). The GFL head weights by its max class score, always.
+    weighting: Literal["none", "centerness", "iou_target"] = "none"
 
     def __post_init__(self):
         if self.beta < 0 or self.weight < 0 or self.dfl_weight < 0:
@@ -162,6 +166,12 @@ class TestConfig:
     topk_per_level: int = 1000  # candidates per FPN level kept before NMS
     nms_iou: float = 0.5      # NMS drops a box overlapping a higher-scoring one of its class by more (0..1)
     max_dets: int = 100       # detections kept per image after NMS
+    # Anchor heads with a quality branch: the detection score is sqrt(p q) or p q (p class, q quality
+    # probability); score_thr applies to that score (combined) or to p alone (class: sfzhang15/ATSS and the
+    # official EFL code; q then joins the ranking only). Without a quality branch both are p.
+    score_thr_on: Literal["combined", "class"] = "combined"
+    quality_fusion: Literal["sqrt", "product"] = "sqrt"
+    topk_capped_at_anchors: bool = False  # per level at most as many candidates as anchors (official EFL code)
 
     def __post_init__(self):
         for name in ("score_thr", "nms_iou"):
@@ -203,6 +213,9 @@ class ModelConfig:
             if head.quality_branch is not None:
                 raise ValueError("model.head.quality_branch does not apply to model.type gfl: its classification "
                                  "score already is the joint class-IoU quality")
+            if self.loss_box.weighting != "none":
+                raise ValueError("model.loss_box.weighting does not apply to model.type gfl: its box losses are "
+                                 "weighted by the detached max class score")
             if len(self.anchors.scales) * len(self.anchors.ratios) != 1:
                 raise ValueError("model.type gfl uses one anchor point per location: give one anchor scale and "
                                  "one ratio")
@@ -280,6 +293,8 @@ class DataConfig:
     test_batch_size: int = 8  # per process
     num_workers: int = 4  # per process
     min_size: list[int] = field(default_factory=lambda: [800])  # shorter side(s); several = multi-scale
+    # Multi-scale: one of min_size (choice, detectron2) or any integer between its min and max (range, mmdetection)
+    min_size_sampling: Literal["choice", "range"] = "choice"
     max_size: int = 1333
     test_min_size: int = 800
     test_max_size: int = 1333

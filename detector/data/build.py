@@ -56,7 +56,8 @@ def build_dataset(cfg: Config, split: str) -> CocoDetection | LVISDetection:
     train = split == "train"
     transforms = build_transforms(train=train, min_size=data.min_size if train else data.test_min_size,
                                   max_size=data.max_size if train else data.test_max_size,
-                                  flip_prob=data.flip_prob, mean=data.mean, std=data.std)
+                                  flip_prob=data.flip_prob, mean=data.mean, std=data.std,
+                                  min_size_sampling=data.min_size_sampling)
     ann_file, img_dir = dataset_cfg.ann_file, dataset_cfg.img_dir
     dataset = DATASETS[dataset_cfg.format](ann_file, img_dir, transforms=transforms,
                                            filter_empty=dataset_cfg.filter_empty, on_bad_image=data.on_bad_image)
