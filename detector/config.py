@@ -2,11 +2,14 @@
 
 A config file is YAML. It may name one or several ``_base_`` files (paths relative to itself); they are
 loaded first, deep-merged in order, and the file's own keys win. ``KEY=VALUE`` overrides (``--opts``) are
-applied last, with YAML typing (``a.b=3`` is an int, ``a.c=[1,2]`` a list, ``a.d=null`` None).
+applied last, with YAML typing (``a.b=3`` is an int, ``a.c=[1,2]`` a list, ``a.d=null`` None, ``a.e=1e-3`` a
+float). Files and overrides are read by :mod:`detector.config_yaml`: a key set twice in one mapping is an
+error naming the key, the file and both lines, and ``1e-3`` is a float (YAML 1.2), not a string.
 
 The merged mapping is validated against the dataclasses in :mod:`detector.config_schema`: an unknown key
 stops with an error that names the key, the file that set it and the closest valid key; a value of the
-wrong type or out of range names the key, the value and what was expected.
+wrong type or out of range names the key, the value and what was expected. No number may be NaN or
+infinite, whatever its key (``.nan`` / ``.inf`` are refused everywhere).
 
 Only this module, :mod:`detector.models.build` and ``tools/`` read configs; model classes take explicit
 keyword arguments.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
@@ -27,6 +31,7 @@ from typing import Any, Iterable, Literal, Union
 import yaml
 
 from detector.config_schema import Config
+from detector.config_yaml import DuplicateKeyError, describe_yaml_error, load_yaml
 
 __all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "config_from_mapping", "config_to_dict",
            "save_config"]
@@ -41,10 +46,15 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:  # a checkpoint, an image, or text in another encoding
+        raise ConfigError(f"{path}: not a YAML config (not UTF-8 text: {err.reason} at byte {err.start}); a "
+                          "config is a YAML text file saved as UTF-8") from None
+    try:
+        data = load_yaml(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        raise ConfigError(f"{path}, {describe_yaml_error(err)}" if isinstance(err, DuplicateKeyError)
+                          else f"{path}: not valid YAML: {describe_yaml_error(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -103,9 +113,9 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {text!r}: value is not valid YAML: {err}") from err
+        raise ConfigError(f"override {text!r}: value is not valid YAML: {describe_yaml_error(err)}") from None
     return key.split("."), value
 
 
@@ -139,12 +149,16 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+class _NonFiniteError(ConfigError):
+    """A float key holds NaN or an infinity (no key accepts them)."""
+
+
 class _Validator:
     def __init__(self, origins: dict):
         self.origins = origins
 
     def where(self, dotted: str) -> str:
-        parts = dotted.split(".")
+        parts = re.sub(r"\[\d+\]", "", dotted).split(".")  # a list item was set with its list
         for i in range(len(parts), 0, -1):
             source = self.origins.get(".".join(parts[:i]))
             if source:
@@ -198,12 +212,13 @@ class _Validator:
             args = typing.get_args(tp)
             if value is None and type(None) in args:
                 return None
-            errors = []
             for arg in (a for a in args if a is not type(None)):
                 try:
                     return self.convert(arg, value, dotted)
-                except ConfigError as err:
-                    errors.append(err)
+                except _NonFiniteError:
+                    raise  # the number's type fits; its value does not
+                except ConfigError:
+                    continue
             raise self.type_error(tp, value, dotted)
         if origin is Literal:
             if value not in typing.get_args(tp):
@@ -225,6 +240,9 @@ class _Validator:
         if tp is float:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise self.type_error(tp, value, dotted)
+            if not math.isfinite(value):  # .nan / .inf: a NaN compares False with every range check
+                raise _NonFiniteError(f"config key '{dotted}' (set in {self.where(dotted)}) must be a finite "
+                                      f"number, got {value!r}")
             return float(value)
         if tp is str:
             if not isinstance(value, str):

@@ -88,8 +88,10 @@ def load_trained_model(cfg: Config, checkpoint: str, config_path: str | None = N
     CheckpointError listing the keys and shapes, naming the checkpoint and the config it was tried with."""
     model = build_inference_model(cfg)
     try:
-        load_model_checkpoint(model, checkpoint)
+        load_model_checkpoint(model, checkpoint, model_type=cfg.model.type)
     except StateDictMismatchError as err:
+        if err.saved_kind:  # weights of another kind of detector: the message already says both kinds
+            raise CheckpointError(str(err)) from None
         against = f" than {config_path}" if config_path else ""
         raise CheckpointError(f"{err}\n  (was {checkpoint} trained with another config{against}? Keys and "
                               "shapes follow model.num_classes, model.backbone.depth, model.neck.* and "

@@ -57,7 +57,8 @@ def build_dataset(cfg: Config, split: str) -> CocoDetection | LVISDetection:
     train = split == "train"
     transforms = build_transforms(train=train, min_size=data.min_size if train else data.test_min_size,
                                   max_size=data.max_size if train else data.test_max_size,
-                                  flip_prob=data.flip_prob, mean=data.mean, std=data.std)
+                                  flip_prob=data.flip_prob, mean=data.mean, std=data.std,
+                                  min_size_sampling=data.min_size_sampling)
     ann_file, img_dir = dataset_cfg.ann_file, dataset_cfg.img_dir
     dataset = DATASETS[dataset_cfg.format](ann_file, img_dir, transforms=transforms,
                                            filter_empty=dataset_cfg.filter_empty, on_bad_image=data.on_bad_image)
@@ -84,6 +85,8 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
         raise ValueError(f"data.batch_size ({data.batch_size}) must be divisible by the number of processes "
                          f"({world_size})")
     dataset = build_dataset(cfg, "train")
+    if len(dataset) == 0:
+        raise ValueError(empty_training_set_message(dataset, cfg.data.train.filter_empty))
     threshold = data.train.repeat_threshold
     factors = repeat_factors(dataset.image_category_ids(), threshold) if threshold is not None else None
     sampler = GroupedBatchSampler(dataset.aspect_ratios(), batch_size=data.batch_size // world_size,
@@ -99,6 +102,18 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
                         persistent_workers=data.num_workers > 0, worker_init_fn=make_worker_init_fn(),
                         generator=make_generator(cfg.runtime.seed + rank))
     return loader, sampler
+
+
+def empty_training_set_message(dataset: CocoDetection | LVISDetection, filter_empty: bool) -> str:
+    """Why a training set holds no image, naming its annotation file."""
+    stats = dataset.stats
+    if stats["num_filtered_images"] == 0:
+        return f"{dataset.ann_file}: the training set is empty: the file lists no images"
+    num_dropped = stats["num_dropped"]
+    dropped = f", {num_dropped} box{'es were' if num_dropped > 1 else ' was'} dropped as empty" if num_dropped else ""
+    return (f"{dataset.ann_file}: the training set is empty: none of its {stats['num_filtered_images']} images has "
+            f"a non-crowd box{dropped}, and data.train.filter_empty={str(filter_empty).lower()} drops images "
+            "without boxes")
 
 
 def build_val_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:

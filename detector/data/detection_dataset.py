@@ -169,13 +169,22 @@ class DetectionDataset(Dataset):
                              "[x, y, w, h])")
         if not all(math.isfinite(v) for v in bbox):
             raise ValueError(f"{ann_file}: {where} has a non-finite bbox {bbox!r}")
+        # Optional here (training does not read them), but when present the evaluators rely on them: a negative
+        # area puts a ground truth outside every area range, so COCOeval silently ignores it.
+        area = ann.get("area")
+        if area is not None and not (_is_number(area) and math.isfinite(area) and area >= 0):
+            raise ValueError(f"{ann_file}: {where} has area {_short(area)}; an area must be a finite number >= 0")
+        if ann.get("iscrowd", 0) not in (0, 1):
+            raise ValueError(f"{ann_file}: {where} has iscrowd {_short(ann.get('iscrowd'))}, expected 0 or 1")
         return [float(v) for v in bbox]
 
     def _parse_annotations(self, dataset: dict) -> None:
         """Validate annotations and store per-image boxes as flat arrays with offsets.
 
         Errors (naming the file, the annotation id and the image id): an annotation that is not an object,
-        lacks an integer id, refers to an unknown image or category, or whose bbox is not 4 finite numbers.
+        lacks an integer id or repeats one, refers to an unknown image or category, whose bbox is not 4
+        finite numbers, whose ``area`` (optional) is not a finite number >= 0 or whose ``iscrowd``
+        (optional, 0 when absent) is not 0 or 1.
         Boxes of zero or negative size after clipping to the image are dropped and counted
         (`stats["num_dropped"]`; their annotation ids in `dropped_ann_ids`, the first ones logged).
         """
@@ -189,9 +198,19 @@ class DetectionDataset(Dataset):
         per_image_crowd: list[list[list[float]]] = [[] for _ in range(num_all)]
         num_clipped = 0
         self.dropped_ann_ids: list[int] = []
+        ann_ids: set[int] = set()
+        num_without_area = 0
+        self.first_without_area: tuple[int, int] | None = None  # (annotation id, image id); evaluation needs area
 
         for ann in dataset["annotations"]:
             x, y, w, h = self._check_annotation(ann, image_index)
+            if ann["id"] in ann_ids:  # pycocotools indexes annotations by id: a repeat corrupts its AP
+                raise ValueError(f"{self.ann_file}: annotation id {ann['id']} appears twice in 'annotations' (again "
+                                 f"for image id {ann['image_id']}); annotation ids must be unique")
+            ann_ids.add(ann["id"])
+            if "area" not in ann:
+                num_without_area += 1
+                self.first_without_area = self.first_without_area or (ann["id"], ann["image_id"])
             index = image_index[ann["image_id"]]
             img = images[index]
             img_w, img_h = float(img["width"]), float(img["height"])
@@ -227,6 +246,7 @@ class DetectionDataset(Dataset):
             "num_crowd": int(len(self._ignore_boxes)),
             "num_clipped": num_clipped,
             "num_dropped": len(self.dropped_ann_ids),
+            "num_without_area": num_without_area,
         }
 
     # ------------------------------------------------------------------ metadata (no decoding)

@@ -18,8 +18,11 @@ from torch import nn
 
 from detector.config_schema import Config
 from detector.data.build import build_val_loader
+from detector.data.coco import CocoDetection
+from detector.data.lvis import LVISDetection
 from detector.evaluation import (COCOEvaluator, LVISEvaluator, gather_results, merge_result_shards, run_inference,
                                  save_results, write_results_shard)
+from detector.evaluation.ground_truth import missing_area_message
 from detector.runtime.device import resolve_amp_dtype
 from detector.runtime.distributed import barrier, get_rank, get_world_size, is_main_process
 from detector.visualization.detections import draw_first_images
@@ -33,6 +36,15 @@ def build_evaluator(cfg: Config, ann_file: str) -> COCOEvaluator | LVISEvaluator
     if cfg.data.val.format == "lvis":
         return LVISEvaluator(ann_file, max_dets=cfg.model.test.max_dets, backend=cfg.evaluation.lvis_backend)
     return COCOEvaluator(ann_file, max_dets=cfg.model.test.max_dets, backend=cfg.evaluation.coco_backend)
+
+
+def check_evaluable(dataset: CocoDetection | LVISDetection) -> None:
+    """Raise ValueError, naming the file and the first annotation id, when the val set's ground truth lacks
+    ``area`` somewhere: the evaluators refuse it (see ``evaluation.ground_truth``), so say it before inference."""
+    num_missing = dataset.stats["num_without_area"]
+    if num_missing:
+        ann_id, image_id = dataset.first_without_area
+        raise ValueError(missing_area_message(dataset.ann_file, ann_id, image_id, num_missing))
 
 
 def columns_to_results(columns: dict) -> list[dict]:
@@ -65,6 +77,7 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device, results_
     images drawn with their ground truth and detections (``"images"``: ``{"image_<id>": uint8 (3, H, W)}``).
     """
     loader = build_val_loader(cfg, rank=get_rank(), world_size=get_world_size())
+    check_evaluable(loader.dataset)  # every process alike, before the inference it would waste
     was_training = model.training
     results = run_inference(model, loader, device, amp_dtype=resolve_amp_dtype(cfg.runtime.amp, device),
                             progress=progress and is_main_process())

@@ -4,7 +4,8 @@ The detectors in this project are trained with SGD + momentum, as in the RetinaN
 (lr 0.01 for a total batch of 16, momentum 0.9, weight decay 1e-4). This module builds the parameter groups
 (optionally exempting normalisation layers and biases from weight decay, as detectron2's
 ``WEIGHT_DECAY_NORM = 0`` and mmdetection's ``norm_decay_mult = 0`` do), the SGD optimizer itself, and a
-small gradient-clipping wrapper the trainer calls once per iteration.
+small gradient-clipping wrapper the trainer calls once per iteration, and :func:`load_optimizer_state`, which
+restores a saved optimizer state or names the parameter groups that no longer match.
 
 Nothing here reads a config: :func:`build_optimizer` takes explicit keyword arguments and the trainer
 (or ``tools/``) maps config values onto them.
@@ -17,7 +18,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["NORM_LAYER_TYPES", "build_param_groups", "build_optimizer", "clip_gradients"]
+from detector.runtime.checkpoint import CheckpointError
+
+__all__ = ["NORM_LAYER_TYPES", "OptimizerStateMismatchError", "build_param_groups", "build_optimizer",
+           "clip_gradients", "load_optimizer_state"]
 
 
 def _norm_layer_types() -> tuple[type[nn.Module], ...]:
@@ -163,3 +167,44 @@ def clip_gradients(parameters: Iterable[torch.Tensor], max_norm: float | None) -
         return 0.0
     total_norm = nn.utils.clip_grad_norm_(with_grad, max_norm=float(max_norm))
     return float(total_norm)
+
+
+class OptimizerStateMismatchError(CheckpointError):
+    """A saved optimizer state does not fit this run's parameter groups (the message names them)."""
+
+
+def _describe_groups(groups: list[dict], count) -> str:
+    """'decay (171 parameters), no_decay (60 parameters)'."""
+    return ", ".join(f"{group.get('name', f'group {index}')} ({count(group)} parameters)"
+                     for index, group in enumerate(groups))
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state_dict: dict, source: str = "the checkpoint") -> None:
+    """``optimizer.load_state_dict(state_dict)``, after checking that the saved parameter groups are this
+    run's: the same number, names and sizes, in order. torch only says "loaded state dict contains a parameter
+    group that doesn't match the size of optimizer's group"; this names them.
+
+    Args:
+        optimizer: the optimizer of the resumed run (e.g. from :func:`build_optimizer`).
+        state_dict: the saved ``optimizer.state_dict()``.
+        source: what the message calls the saved state, e.g. "checkpoint work_dirs/run/checkpoints/last.pt".
+
+    Raises:
+        OptimizerStateMismatchError (a CheckpointError): the groups differ, e.g. because
+            ``schedule.no_decay_norm_bias`` or the trainable parameters (``model.backbone.frozen_stages``,
+            ``model.backbone.norm``) changed since the state was saved; the message lists both sides' groups.
+    """
+    saved_groups = state_dict.get("param_groups") if isinstance(state_dict, dict) else None
+    if not isinstance(saved_groups, list) or not all(isinstance(g, dict) and "params" in g for g in saved_groups):
+        raise OptimizerStateMismatchError(f"{source}: the optimizer state has no list of parameter groups")
+    saved = _describe_groups(saved_groups, lambda group: len(group["params"]))
+    current = _describe_groups(optimizer.param_groups, lambda group: len(group["params"]))
+    if saved != current:
+        raise OptimizerStateMismatchError(
+            f"{source}: the optimizer's parameter groups differ from this run's: saved {saved}; this run {current}. "
+            "Settings that decide them (schedule.no_decay_norm_bias, model.backbone.frozen_stages, "
+            "model.backbone.norm) must stay as they were to resume")
+    try:
+        optimizer.load_state_dict(state_dict)
+    except (ValueError, KeyError, TypeError) as error:
+        raise OptimizerStateMismatchError(f"{source}: the optimizer state does not load: {error}") from None

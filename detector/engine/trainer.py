@@ -45,7 +45,7 @@ from detector.data.build import build_train_loader, prepare_synthetic_data
 from detector.engine.evaluate import evaluate_model
 from detector.engine.lr_schedule import WarmupMultiStepLR
 from detector.engine.model_setup import build_training_model
-from detector.engine.optim import build_optimizer
+from detector.engine.optim import build_optimizer, load_optimizer_state
 from detector.engine.stopping import NonFiniteLossError, StopSignal, TrainingInterrupted
 from detector.predict.checkpoints import build_checkpoint_meta
 from detector.runtime.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
@@ -208,8 +208,9 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         state = load_checkpoint(path, map_location="cpu")
-        load_model_state(unwrap_model(self.model), state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_model_state(unwrap_model(self.model), state["model"], source=f"checkpoint {path}",
+                         model_type=self.cfg.model.type)
+        load_optimizer_state(self.optimizer, state["optimizer"], source=f"checkpoint {path}")
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.iteration = int(state["iteration"])

@@ -15,6 +15,9 @@ What this wrapper adds to pycocotools:
 * Results are restricted to the evaluated images and known categories (others are dropped with a warning;
   ``loadRes`` would fail on unknown images).
 * pycocotools' prints are captured and logged at DEBUG level.
+* The ground truth is checked first (``ground_truth.check_ground_truth``): unique annotation ids, an
+  ``area`` >= 0 on every annotation, ``iscrowd`` 0 or 1 (set to 0 where absent, for both backends); errors
+  name the file and the annotation id.
 
 Metric values are fractions in [0, 1] as pycocotools reports them; -1.0 means "no ground truth in this
 area range" (pycocotools' convention).
@@ -31,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import json
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -46,6 +50,7 @@ from .ap_common import pr_curves_from_precision
 from .coco_fast import CocoGroundTruth, evaluate_coco, summarize_coco
 from .box_matching import IOU_THRESHOLDS
 from .columnar import Columnar, as_columnar
+from .ground_truth import check_ground_truth
 
 __all__ = ["COCOEvaluator"]
 
@@ -71,6 +76,18 @@ def _run_quietly(fn: Callable[..., _T], *args: object) -> _T:
 _IOU_50 = int(np.flatnonzero(np.isclose(IOU_THRESHOLDS, 0.5))[0])  # area "all" is index 0 (AREA_LABELS)
 
 
+def _read_json(path: Path) -> dict:
+    """A ground-truth JSON file as a dict; errors name the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            dataset = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(dataset, dict):
+        raise ValueError(f"{path}: not a COCO-format file (top level is {type(dataset).__name__}, expected an object)")
+    return dataset
+
+
 class COCOEvaluator:
     """Box AP on a COCO-format ground-truth file.
 
@@ -94,7 +111,9 @@ class COCOEvaluator:
         ann_file = Path(ann_file)
         if not ann_file.is_file():
             raise FileNotFoundError(f"annotation file {ann_file} does not exist")
-        coco_gt = _run_quietly(COCO, str(ann_file))
+        coco_gt = COCO()
+        coco_gt.dataset = check_ground_truth(_read_json(ann_file), str(ann_file))
+        _run_quietly(coco_gt.createIndex)
         self._setup(coco_gt, max_dets=max_dets, image_ids=image_ids, backend=backend)
 
     @classmethod
@@ -105,7 +124,9 @@ class COCOEvaluator:
         image_ids: Iterable[int] | None = None,
         backend: str = "fast",
     ) -> COCOEvaluator:
-        """Build an evaluator around an already-loaded pycocotools ``COCO`` ground truth."""
+        """Build an evaluator around an already-loaded pycocotools ``COCO`` ground truth (checked as
+        ``ground_truth.check_ground_truth`` says; a missing ``iscrowd`` is set to 0 in its annotations)."""
+        check_ground_truth(coco.dataset)
         evaluator = cls.__new__(cls)
         evaluator._setup(coco, max_dets=max_dets, image_ids=image_ids, backend=backend)
         return evaluator
@@ -180,8 +201,9 @@ class COCOEvaluator:
         return coco_eval.eval["precision"], coco_eval.eval["recall"]
 
     def _run_fast(self, columns: Columnar) -> tuple[np.ndarray, np.ndarray]:
-        if self._fast_gt is None:
-            self._fast_gt = CocoGroundTruth.from_dataset(self.coco_gt.dataset, self.image_ids, self.cat_ids)
+        if self._fast_gt is None:  # the annotations were checked when the evaluator was built
+            self._fast_gt = CocoGroundTruth.from_dataset(self.coco_gt.dataset, self.image_ids, self.cat_ids,
+                                                         checked=True)
         return evaluate_coco(self._fast_gt, columns, tuple(self.max_dets_thresholds))
 
     def evaluate(self, results: list[dict] | Columnar, per_class: bool = False, pr_curves: bool = False) -> dict:

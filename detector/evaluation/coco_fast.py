@@ -38,6 +38,7 @@ from .box_matching import (
     match,
 )
 from .columnar import Columnar, as_columnar
+from .ground_truth import check_ground_truth
 
 __all__ = ["CocoGroundTruth", "evaluate_coco", "summarize_coco"]
 
@@ -49,10 +50,18 @@ class CocoGroundTruth(BoxGroundTruth):
 
     @classmethod
     def from_dataset(
-        cls, dataset: dict, image_ids: list[int] | None = None, cat_ids: list[int] | None = None
+        cls,
+        dataset: dict,
+        image_ids: list[int] | None = None,
+        cat_ids: list[int] | None = None,
+        source: str = "the ground truth",
+        checked: bool = False,
     ) -> CocoGroundTruth:
         """Build from a parsed COCO annotation dict; ``image_ids`` / ``cat_ids`` restrict the evaluation
-        (default: every image / category of the file)."""
+        (default: every image / category of the file). Unless ``checked``, the annotations are first checked
+        by ``ground_truth.check_ground_truth`` (errors start with ``source``; a missing ``iscrowd`` becomes 0)."""
+        if not checked:
+            check_ground_truth(dataset, source)
         cats = {int(cat["id"]): cat for cat in dataset.get("categories", [])}  # pycocotools: last one wins
         all_images = sorted({int(img["id"]) for img in dataset.get("images", [])})
         image_ids = np.array(sorted(set(all_images if image_ids is None else image_ids)), dtype=np.int64)
@@ -65,14 +74,8 @@ class CocoGroundTruth(BoxGroundTruth):
             boxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"every COCO annotation needs id, image_id, category_id and a 4-number bbox: {error}")
-        missing_area = [a["id"] for a in anns if "area" not in a]
-        if missing_area:
-            raise ValueError(f"annotations {missing_area[:10]} have no 'area' field (COCO area ranges need it)")
-        ids, counts = np.unique(ann_id, return_counts=True)
-        if (counts > 1).any():
-            raise ValueError(f"annotation ids must be unique; repeated: {ids[counts > 1][:10].tolist()}")
         area = np.array([a["area"] for a in anns], dtype=np.float64)
-        crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+        crowd = np.array([bool(a["iscrowd"]) for a in anns], dtype=bool)
         keep = np.flatnonzero(image_known & cat_known)
         keep = keep[np.lexsort((image_index[keep], cat_index[keep]))]  # stable: file order within a pair
         return cls(

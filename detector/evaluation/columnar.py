@@ -212,8 +212,12 @@ def _chunk_to_columns(path: Path, items: list, first: int) -> Columnar:
             "bbox": np.array(bbox),
             "score": np.array(score),
         }
+        # numpy turns [true, 0.5] into [1.0, 0.5]: JSON booleans are found by their Python type first.
+        has_bool = bool in {type(v) for column in (image_id, category_id, score) for v in column} or \
+            any(type(v) is bool for box in bbox for v in box)
         valid = (
-            columns["image_id"].dtype.kind in "iu"
+            not has_bool
+            and columns["image_id"].dtype.kind in "iu"
             and columns["category_id"].dtype.kind in "iu"
             and columns["bbox"].ndim == 2
             and columns["bbox"].shape[1] == 4

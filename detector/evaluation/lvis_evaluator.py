@@ -107,7 +107,7 @@ class LVISEvaluator:
             lvis = import_lvis()
             with _lvis_output_to_debug():
                 self._lvis_gt = lvis.LVIS(str(ann_file))
-            self._gt = LvisGroundTruth.from_dataset(self._lvis_gt.dataset)
+            self._gt = LvisGroundTruth.from_dataset(self._lvis_gt.dataset, source=str(ann_file))
         else:
             self._gt = load_lvis_ground_truth(ann_file)
         self.image_ids: list[int] = self._gt.image_ids.tolist()

@@ -42,6 +42,7 @@ from .box_matching import (
     match,
 )
 from .columnar import Columnar, as_columnar
+from .ground_truth import check_ground_truth
 
 __all__ = [
     "AREA_LABELS",
@@ -72,7 +73,7 @@ def load_lvis_ground_truth(path: str | os.PathLike) -> LvisGroundTruth:
     """Read an LVIS annotation file into ``LvisGroundTruth`` (segmentations are skipped while parsing)."""
     with open(path, encoding="utf-8") as f:
         dataset = json.load(f, object_hook=_drop_segmentation)
-    return LvisGroundTruth.from_dataset(dataset)
+    return LvisGroundTruth.from_dataset(dataset, source=os.fspath(path))
 
 
 def _keys(image_index: np.ndarray, cat_index: np.ndarray, num_cats: int) -> np.ndarray:
@@ -111,8 +112,10 @@ class LvisGroundTruth(BoxGroundTruth):
     not_exhaustive_keys: np.ndarray  # sorted unique _keys of (image, not_exhaustive_category_ids)
 
     @classmethod
-    def from_dataset(cls, dataset: dict) -> LvisGroundTruth:
-        """Build from a parsed LVIS annotation dict (``images``, ``annotations``, ``categories``)."""
+    def from_dataset(cls, dataset: dict, source: str = "the ground truth") -> LvisGroundTruth:
+        """Build from a parsed LVIS annotation dict (``images``, ``annotations``, ``categories``), checked
+        first by ``ground_truth.check_ground_truth`` (errors start with ``source``)."""
+        check_ground_truth(dataset, source, has_crowd=False)
         cats = {int(cat["id"]): cat for cat in dataset["categories"]}  # lvis: last one wins
         images = {int(img["id"]): img for img in dataset["images"]}
         if not cats:
@@ -141,8 +144,6 @@ class LvisGroundTruth(BoxGroundTruth):
 
         anns = dataset["annotations"]
         ann_id = np.array([a["id"] for a in anns], dtype=np.int64)
-        if len(np.unique(ann_id)) != len(ann_id):
-            raise ValueError("annotation ids must be unique")
         image_index, image_known = index_in(image_ids, np.array([a["image_id"] for a in anns], dtype=np.int64))
         cat_index, cat_known = index_in(cat_ids, np.array([a["category_id"] for a in anns], dtype=np.int64))
         area = np.array([a["area"] for a in anns], dtype=np.float64)

@@ -17,6 +17,7 @@ __all__ = [
     "LoadResult",
     "load_model_state",
     "load_model_checkpoint",
+    "model_kind",
     "model_state_from_checkpoint",
     "unwrap_model",
 ]
@@ -24,17 +25,25 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _MAX_LISTED_KEYS = 50
+# Parameters only one kind of dense head has: how a state dict shows the model it was saved from (checkpoints
+# do not record model.type). The anchor head serves both retinanet and atss configs.
+_HEAD_SIGNATURES = (("head.box_bins.", "gfl"), ("head.box_deltas.", "retinanet / atss"))
 
 
 class StateDictMismatchError(CheckpointError):
-    """The keys or shapes of a state dict do not match the model (see the attributes for the full lists)."""
+    """The keys or shapes of a state dict do not match the model (see the attributes for the full lists).
+
+    ``saved_kind`` is set ("gfl", "retinanet / atss") when the state dict belongs to another kind of detector
+    than the model; the message then is one line naming both."""
 
     def __init__(self, message: str, missing_keys: list[str], unexpected_keys: list[str],
-                 shape_mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> None:
+                 shape_mismatches: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+                 saved_kind: str | None = None) -> None:
         super().__init__(message)
         self.missing_keys = missing_keys
         self.unexpected_keys = unexpected_keys
         self.shape_mismatches = shape_mismatches
+        self.saved_kind = saved_kind
 
 
 class LoadResult(NamedTuple):
@@ -71,7 +80,41 @@ def _format_keys(title: str, keys: list[str]) -> str:
     return f"  {title} ({len(keys)}): {shown}{more}"
 
 
-def load_model_state(model: nn.Module, state_dict: dict[str, Any], strict: bool = True) -> LoadResult:
+def model_kind(keys) -> str | None:
+    """Which detector a state dict's keys belong to: "gfl", "retinanet / atss" (the anchor head), or None."""
+    keys = list(keys)
+    for prefix, kind in _HEAD_SIGNATURES:
+        if any(key.startswith(prefix) for key in keys):
+            return kind
+    return None
+
+
+def _other_model_message(source: str, saved_kind: str, own_kind: str, model_type: str | None) -> str:
+    """One line for weights of another kind of detector than the model (e.g. GFL weights, RetinaNet model)."""
+    saved_key = next(prefix for prefix, kind in _HEAD_SIGNATURES if kind == saved_kind)
+    own_key = next(prefix for prefix, kind in _HEAD_SIGNATURES if kind == own_kind)
+    built = f"the config builds {model_type}" if model_type else f"this model is a {own_kind} model"
+    return (f"{source} holds a {saved_kind} model, {built} (its head has {saved_key}*, this one {own_key}*); "
+            f"use a checkpoint trained with the same model.type")
+
+
+def _list_mismatches(title: str, missing: list[str], unexpected: list[str],
+                     mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]]) -> str:
+    lines = [title]
+    if missing:
+        lines.append(_format_keys("missing keys", missing))
+    if unexpected:
+        lines.append(_format_keys("unexpected keys", unexpected))
+    if mismatched:
+        lines.append(_format_keys(
+            "shape mismatches (key: checkpoint -> model)",
+            [f"{key}: {list(src)} -> {list(dst)}" for key, src, dst in mismatched],
+        ))
+    return "\n".join(lines)
+
+
+def load_model_state(model: nn.Module, state_dict: dict[str, Any], strict: bool = True, source: str | None = None,
+                     model_type: str | None = None) -> LoadResult:
     """Load ``state_dict`` into ``model``, explaining every mismatch by name.
 
     A ``module.`` prefix (state saved from a DDP-wrapped model) is stripped, and a wrapped ``model``
@@ -84,6 +127,12 @@ def load_model_state(model: nn.Module, state_dict: dict[str, Any], strict: bool 
             :class:`StateDictMismatchError` listing them all and nothing is loaded. If False, the matching
             entries are loaded, shape-mismatched ones are skipped (e.g. a classifier trained for another
             number of classes), and the mismatches are returned and logged as a warning.
+        source: what the messages call the state dict, e.g. "checkpoint work_dirs/gfl/checkpoints/last.pt".
+        model_type: the config's ``model.type``, named when the weights belong to another kind of detector.
+
+    Weights of another kind of detector (a GFL state dict for a RetinaNet / ATSS model or the reverse, told
+    apart by their heads' keys) raise one line instead of the key lists: "checkpoint X holds a gfl model, the
+    config builds retinanet (...)"; the lists stay on the exception's attributes.
 
     Returns:
         A :class:`LoadResult` of the keys that were not loaded.
@@ -102,19 +151,16 @@ def load_model_state(model: nn.Module, state_dict: dict[str, Any], strict: bool 
     result = LoadResult(missing, unexpected, mismatched)
 
     if missing or unexpected or mismatched:
-        lines = [f"state dict does not match {type(target).__name__}:"]
-        if missing:
-            lines.append(_format_keys("missing keys", missing))
-        if unexpected:
-            lines.append(_format_keys("unexpected keys", unexpected))
-        if mismatched:
-            lines.append(_format_keys(
-                "shape mismatches (key: checkpoint -> model)",
-                [f"{key}: {list(src)} -> {list(dst)}" for key, src, dst in mismatched],
-            ))
-        message = "\n".join(lines)
+        saved_kind, own_kind = model_kind(state_dict), model_kind(model_state)
+        other_model = bool(saved_kind and own_kind and saved_kind != own_kind)
+        title = f"{source + ': ' if source else ''}state dict does not match {type(target).__name__}:"
+        if other_model:
+            title = _other_model_message(source or "the state dict", saved_kind, own_kind, model_type)
+        # Weights of another detector, refused: the one line says it all. Otherwise every key is listed.
+        message = title if other_model and strict else _list_mismatches(title, missing, unexpected, mismatched)
         if strict:
-            raise StateDictMismatchError(message, missing, unexpected, mismatched)
+            raise StateDictMismatchError(message, missing, unexpected, mismatched,
+                                         saved_kind=saved_kind if other_model else None)
         logger.warning("%s\n  (strict=False: loading the matching entries only)", message)
 
     skipped = {key for key, _, _ in mismatched}
@@ -150,18 +196,16 @@ def model_state_from_checkpoint(state: dict, path: str | os.PathLike = "checkpoi
     return state_dict
 
 
-def load_model_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True) -> LoadResult:
+def load_model_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True,
+                          model_type: str | None = None) -> LoadResult:
     """Load the model weights of checkpoint ``path`` into ``model`` (see :func:`load_model_state`).
 
     Every error names the file: :class:`CheckpointError` for a missing, unreadable or foreign file (not a
     checkpoint, garbage bytes, JSON, a checkpoint without model weights) and :class:`StateDictMismatchError`
     (with its key lists) for weights that do not fit the model, e.g. from a config with another
-    ``model.num_classes`` or backbone depth.
+    ``model.num_classes`` or backbone depth; its message is one line when the checkpoint holds another kind
+    of detector (``model_type``, the config's ``model.type``, is then named).
     """
     path = os.fspath(path)
     state_dict = model_state_from_checkpoint(load_checkpoint(path, map_location="cpu"), path)
-    try:
-        return load_model_state(model, state_dict, strict=strict)
-    except StateDictMismatchError as err:
-        raise StateDictMismatchError(f"checkpoint {path}: {err}", err.missing_keys, err.unexpected_keys,
-                                     err.shape_mismatches) from None
+    return load_model_state(model, state_dict, strict=strict, source=f"checkpoint {path}", model_type=model_type)

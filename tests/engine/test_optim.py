@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from detector.engine.optim import build_optimizer, build_param_groups, clip_gradients
+from detector.engine.optim import (OptimizerStateMismatchError, build_optimizer, build_param_groups, clip_gradients,
+                                   load_optimizer_state)
+from detector.runtime.checkpoint import CheckpointError
 
 
 class TinyNet(nn.Module):
@@ -146,3 +148,54 @@ def test_fused_sgd_matches_foreach_update():
             optimizer.step()
     for a, b in zip(reference.parameters(), fused_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------ resuming an optimizer state
+def _trained_state(no_decay_norm_bias: bool) -> dict:
+    torch.manual_seed(0)
+    model = TinyNet()
+    optimizer = build_optimizer(model, lr=0.1, no_decay_norm_bias=no_decay_norm_bias)
+    model.head(model.ln(torch.randn(2, 8))).sum().backward()
+    optimizer.step()  # momentum buffers now exist
+    return optimizer.state_dict()
+
+
+def test_changed_parameter_grouping_names_both_sides_groups():
+    saved = _trained_state(no_decay_norm_bias=False)
+    optimizer = build_optimizer(TinyNet(), lr=0.1, no_decay_norm_bias=True)
+    with pytest.raises(OptimizerStateMismatchError) as info:
+        load_optimizer_state(optimizer, saved, source="checkpoint run/last.pt")
+    # TinyNet trains 11 tensors: conv1 w/b, bn w/b, conv2 w, gn w/b, ln w/b, head w/b; decay keeps conv1, conv2, head w
+    assert str(info.value) == (
+        "checkpoint run/last.pt: the optimizer's parameter groups differ from this run's: saved decay (11 "
+        "parameters); this run decay (3 parameters), no_decay (8 parameters). Settings that decide them "
+        "(schedule.no_decay_norm_bias, model.backbone.frozen_stages, model.backbone.norm) must stay as they were "
+        "to resume")
+    assert isinstance(info.value, CheckpointError)
+    assert all(not state for state in optimizer.state.values())  # nothing was loaded
+
+
+def test_same_sizes_under_other_names_and_a_changed_trainable_set_are_named():
+    saved = _trained_state(no_decay_norm_bias=True)
+    saved["param_groups"][0]["name"], saved["param_groups"][1]["name"] = "no_decay", "decay"
+    optimizer = build_optimizer(TinyNet(), lr=0.1, no_decay_norm_bias=True)
+    with pytest.raises(OptimizerStateMismatchError, match=r"saved no_decay \(3 parameters\), decay \(8"):
+        load_optimizer_state(optimizer, saved)
+    model = TinyNet()
+    model.head.requires_grad_(False)  # e.g. more frozen stages
+    with pytest.raises(OptimizerStateMismatchError, match=r"^the checkpoint: .*saved decay \(11 parameters\); this "
+                                                          r"run decay \(9 parameters\)\. "):
+        load_optimizer_state(build_optimizer(model, lr=0.1), _trained_state(no_decay_norm_bias=False))
+
+
+def test_matching_groups_load_the_saved_state():
+    saved = _trained_state(no_decay_norm_bias=True)
+    optimizer = build_optimizer(TinyNet(), lr=0.1, no_decay_norm_bias=True)
+    load_optimizer_state(optimizer, saved)
+    restored = optimizer.state_dict()
+    assert restored["param_groups"] == saved["param_groups"]
+    assert set(restored["state"]) == set(saved["state"]) and len(saved["state"]) == 4  # ln and head: momentum
+    for index, state in saved["state"].items():
+        assert torch.equal(restored["state"][index]["momentum_buffer"], state["momentum_buffer"])
+    with pytest.raises(OptimizerStateMismatchError, match="has no list of parameter groups"):
+        load_optimizer_state(optimizer, {"state": {}})

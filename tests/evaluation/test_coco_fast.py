@@ -207,11 +207,11 @@ def test_tie_order_and_cap_hand_case(tmp_path):
 def test_bad_ground_truth_is_named():
     dataset = make_coco_dict()
     dataset["annotations"][1]["id"] = dataset["annotations"][0]["id"]
-    with pytest.raises(ValueError, match=r"repeated: \[1\]"):
+    with pytest.raises(ValueError, match=r"annotation id 1 appears twice"):
         CocoGroundTruth.from_dataset(dataset)
     dataset = make_coco_dict()
     del dataset["annotations"][2]["area"]
-    with pytest.raises(ValueError, match=r"annotations \[3\] have no 'area'"):
+    with pytest.raises(ValueError, match=r"annotation id 3 \(image id 2\) has no 'area'"):
         CocoGroundTruth.from_dataset(dataset)
 
 

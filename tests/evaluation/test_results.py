@@ -141,3 +141,35 @@ def test_many_unknown_ids_are_summarised(tmp_path):
     path = save_results(tmp_path / "r.json", results)
     with pytest.raises(ResultsFormatError, match=r"\[100, 101, .*109, \.\.\. and 5 more\]"):
         load_results(path, image_ids=[1])
+
+
+def _entries(count: int) -> list[dict]:
+    return [{"image_id": 1 + i % 3, "category_id": 2, "bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.5 + i / 1000}
+            for i in range(count)]
+
+
+@pytest.mark.parametrize("loader", ["load_results", "load_results_columnar"])
+@pytest.mark.parametrize("key, value, expected", [
+    ("score", True, "has score True, expected a finite number"),
+    ("score", False, "has score False, expected a finite number"),
+    ("image_id", True, "has image_id True, expected an integer"),
+    ("category_id", False, "has category_id False, expected an integer"),
+    ("bbox", [1.0, True, 3.0, 4.0], "has bbox [1.0, True, 3.0, 4.0], expected a list of 4 numbers"),
+])
+def test_json_booleans_are_not_numbers_in_either_loader(tmp_path, loader, key, value, expected):
+    """numpy would read [true, 0.5] as [1.0, 0.5]: a boolean among numbers is named like any other bad entry,
+    in the COCO loader, the columnar (LVIS) loader, in the first chunk or a later one."""
+    from detector.evaluation import load_results_columnar
+
+    load = load_results if loader == "load_results" else \
+        (lambda path: load_results_columnar(path, chunk_chars=2000))  # ~25 entries per chunk
+    for position in (3, 130):
+        entries = _entries(200)
+        entries[position][key] = value
+        path = tmp_path / "dets.json"
+        path.write_text(json.dumps(entries))
+        with pytest.raises(ResultsFormatError) as info:
+            load(path)
+        assert str(info.value).startswith(f"results file {path}: entry {position} {expected}")
+    path.write_text(json.dumps(_entries(200)))
+    assert len(load(path)["score"] if loader != "load_results" else load(path)) == 200

@@ -8,13 +8,16 @@ non-ignored anchor; with N_pos the number of positive anchors in the batch avera
 
 where y is one-hot at each positive's class, or, for a classification loss with soft targets (QFL, EFL in its
 quality form), the IoU of the positive's decoded box with its ground truth (detached). Each head adds its own
-box (and quality / DFL) terms. Inference, for every head: scores (B, N, K) -> per-level top-k above the score
-threshold -> the head decodes boxes for those candidates only -> each clipped to its own image -> one batched
-class-aware NMS.
+box (and quality / DFL) terms. Inference, for every head: class probabilities p (B, N, K) and, with a quality
+branch, quality probabilities q (B, N) -> detection scores (p, sqrt(p q) or p q) -> per-level top-k by score
+among the pairs whose score (or p alone) passes the threshold -> the head decodes boxes for those candidates
+only -> each clipped to its own image -> one batched class-aware NMS (detector.models.postprocess).
 
 A head implements ``forward(features) -> (pred_logits, pred_regression, pred_quality)``, ``loss(outputs,
-targets)``, ``pred_scores(outputs)`` and ``decode_boxes(outputs, batch_idx, anchor_idx)``; the last two work on
-any subset of anchors, so an export path can decode all of them into fixed-layout tensors.
+targets)``, ``pred_class_probs(outputs)``, ``pred_quality_probs(outputs)`` (None without a quality branch) and
+``decode_boxes(outputs, batch_idx, anchor_idx)``; ``pred_scores(outputs)`` fuses the first two. They are tensor
+operations over any subset of anchors, so an export path can score and decode all of them into fixed-layout
+tensors with the same code.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from detector.assigners import IGNORE, assign_targets
 from detector.assigners.base import Assigner
 from detector.losses import ClassificationLoss
 from detector.models.outputs import DenseOutputs
-from detector.models.postprocess import InferenceParams, image_sizes_tensor, nms_per_image, select_candidates
+from detector.models.postprocess import (InferenceParams, fuse_quality, image_sizes_tensor, nms_per_image,
+                                         select_candidates)
 from detector.runtime.distributed import all_reduce_mean
 
 __all__ = ["DenseHead", "LossWeights", "Positives"]
@@ -90,8 +94,17 @@ class DenseHead(nn.Module, ABC):
         """The head's losses (scalars) for ``targets``: per image ``boxes`` (G, 4) xyxy, ``labels`` (G,)."""
 
     @abstractmethod
+    def pred_class_probs(self, outputs: DenseOutputs) -> Tensor:
+        """Class probabilities sigmoid(cls) (B, N, K) in fp32 (GFL: its joint class-IoU score)."""
+
+    def pred_quality_probs(self, outputs: DenseOutputs) -> Tensor | None:
+        """Quality probabilities sigmoid(quality) (B, N) in fp32 of a quality branch, or None (no branch)."""
+        return None
+
     def pred_scores(self, outputs: DenseOutputs) -> Tensor:
-        """Detection scores (B, N, K) in fp32."""
+        """Detection scores (B, N, K) in fp32: the class probability, fused with the quality (``quality_fusion``)."""
+        return fuse_quality(self.pred_class_probs(outputs), self.pred_quality_probs(outputs),
+                            self.inference.quality_fusion)
 
     @abstractmethod
     def decode_boxes(self, outputs: DenseOutputs, batch_idx: Tensor, anchor_idx: Tensor) -> Tensor:
@@ -103,8 +116,10 @@ class DenseHead(nn.Module, ABC):
         ``labels`` (M,). ``image_sizes``: each image's (h, w) after the resize, before the batch padding, as B
         pairs or a (B, 2) tensor; None clips every image to the padded input."""
         params = self.inference
-        scores = self.pred_scores(outputs)  # (B, N, K)
+        class_probs = self.pred_class_probs(outputs)  # (B, N, K)
+        scores = fuse_quality(class_probs, self.pred_quality_probs(outputs), params.quality_fusion)  # (B, N, K)
+        threshold_scores = class_probs if params.score_thr_on == "class" else scores
         sizes = image_sizes_tensor(image_sizes, outputs.image_size, scores.shape[0], scores.device)  # (B, 2)
-        candidates = select_candidates(scores, outputs.num_anchors_per_level, params.score_thr, params.topk_per_level)
+        candidates = select_candidates(scores, outputs.num_anchors_per_level, params, threshold_scores)
         boxes = self.decode_boxes(outputs, candidates.batch_idx, candidates.anchor_idx)
         return nms_per_image(boxes, candidates, scores.shape[0], sizes, params.nms_iou, params.max_dets)
