@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = ImageFiles(paths, detector.preparer, keep_original=not args.no_draw)
     loader = DataLoader(dataset, batch_size=None, num_workers=args.num_workers, collate_fn=identity)
     summary = RunSummary()
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         predict_files(detector, loader, output_names(paths), out_dir, args.score_thr, args.batch_size,
                       None if args.no_draw else args.draw_thr, args.strict, not args.no_progress, summary)
@@ -82,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(err, KeyboardInterrupt):
             return 130
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
     print(summary.line(out_dir / "predictions.json"))
     return 0
 

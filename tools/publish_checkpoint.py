@@ -1,8 +1,8 @@
 """Publish a checkpoint: keep the weights and the metadata (config, class names), drop optimizer and trainer state.
 
     python tools/publish_checkpoint.py work_dirs/quickstart/checkpoints/last.pt quickstart.pt
-    python tools/publish_checkpoint.py last.pt retinanet_quickstart.pt --hash-in-name   # retinanet_quickstart-1a2b3c4d.pt
-    python tools/publish_checkpoint.py old_last.pt model.pt --config configs/quickstart.yaml   # a checkpoint without metadata
+    python tools/publish_checkpoint.py last.pt quickstart.pt --hash-in-name      # writes quickstart-1a2b3c4d.pt
+    python tools/publish_checkpoint.py old_last.pt model.pt --config configs/quickstart.yaml   # no metadata in it
 
 EMA weights are published when the checkpoint holds them (an `ema` entry). The file is about half a training
 checkpoint (no momentum buffers) and loads with Detector.from_checkpoint, tools/predict.py and tools/eval.py alone.

@@ -39,8 +39,9 @@ def publish_checkpoint(source: str | os.PathLike, out: str | os.PathLike, config
     weights: "ema" or "model").
 
     ``config``: the config to store instead of the checkpoint's own (needed for a checkpoint written before
-    checkpoints carried metadata; its class names then come from the config's annotation files). ``hash_in_name``: write ``<stem>-<first 8 hex digits of the SHA-256><suffix>``
-    next to ``out`` instead (mmdetection's naming), so the name pins the content.
+    checkpoints carried metadata; its class names then come from the config's annotation files).
+    ``hash_in_name``: write ``<stem>-<first 8 hex digits of the SHA-256><suffix>`` next to ``out`` instead
+    (mmdetection's naming), so the name pins the content.
     Raises CheckpointError naming the file when it has no weights, no metadata and no config is given, or weights
     that do not fit the model of its config."""
     state = load_checkpoint(source, map_location="cpu")

@@ -37,6 +37,7 @@ def test_run_all_toy(tmp_path, capsys):
         "data": dict(images=4, size=64, workers=(0,), max_batches=1, step_images_per_s=0.5,
                      work_dir=str(tmp_path / "data")),
         "features": dict(models=((18, 64),), repeats=1),
+        "predict": dict(num_images=2, low=64, high=96, min_size=64, max_size=96, batch=2, repeats=1, warmup=0),
     }
     rows = run_all.run(quick=True, device="cpu", toy=toy)
     out = capsys.readouterr().out
@@ -49,6 +50,7 @@ def test_run_all_toy(tmp_path, capsys):
     assert any(s.startswith("LVIS eval") for s in stages)
     assert any(s.startswith("training loader") for s in stages)
     assert any(s.startswith("speed feature fused_optimizer") for s in stages)
+    assert any(s.startswith("Detector.predict") for s in stages)
     if importlib.util.find_spec("benchmarks.coco_eval") is not None:
         assert any(s.startswith("COCO eval") for s in stages)
     lvis_row = next(r for r in rows if r[0].startswith("LVIS eval"))
