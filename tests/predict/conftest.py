@@ -1,5 +1,5 @@
 """A tiny quick-start RetinaNet trained once for the prediction tests (through tools/train.py, as a user does),
-and images of several kinds and sizes written to disk."""
+the ATSS and GFL quick starts trained the same way on the same data for the batching tests."""
 
 from __future__ import annotations
 
@@ -51,11 +51,32 @@ class Trained:
     data_opts: list[str]
 
 
+def train_tiny(config: str, root: Path, work_dir: Path) -> Trained:
+    """Train ``config`` for 24 iterations on the synthetic set under ``root / "syn"`` (made on first use)."""
+    opts = data_opts(root / "syn")
+    run_tool("tools/train.py", config, "--work-dir", work_dir, "--no-progress", "--opts", *opts, *MODEL_OPTS)
+    return Trained(root, work_dir, work_dir / "checkpoints" / "last.pt", work_dir / "config.yaml", opts)
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory) -> Trained:
     root = tmp_path_factory.mktemp("predict")
-    work_dir = root / "run"
-    opts = data_opts(root / "syn")
-    run_tool("tools/train.py", "configs/quickstart.yaml", "--work-dir", work_dir, "--no-progress", "--opts",
-             *opts, *MODEL_OPTS)
-    return Trained(root, work_dir, work_dir / "checkpoints" / "last.pt", work_dir / "config.yaml", opts)
+    return train_tiny("configs/quickstart.yaml", root, root / "run")
+
+
+HEAD_CONFIGS = {"retinanet": "configs/quickstart.yaml", "atss": "configs/quickstart_atss.yaml",
+                "gfl": "configs/quickstart_gfl.yaml"}
+
+
+@pytest.fixture(scope="session")
+def trained_heads(trained) -> dict[str, Trained]:
+    """Filled on first use: the RetinaNet above, and ATSS and GFL quick starts trained on its data."""
+    return {"retinanet": trained}
+
+
+@pytest.fixture(params=sorted(HEAD_CONFIGS))
+def trained_head(request, trained_heads, trained) -> Trained:
+    name = request.param
+    if name not in trained_heads:  # once per session, whichever test asks first
+        trained_heads[name] = train_tiny(HEAD_CONFIGS[name], trained.root, trained.root / f"run_{name}")
+    return trained_heads[name]

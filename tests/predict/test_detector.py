@@ -97,11 +97,13 @@ def test_boxes_map_back_to_the_original_pixels_as_computed_by_hand(det, trained)
     assert float(result.boxes[:, 2].max()) <= 100 and float(result.boxes[:, 3].max()) <= 50
 
 
-def test_an_image_alone_batched_with_larger_ones_and_at_any_batch_size(det, trained):
+def test_an_image_alone_batched_with_larger_ones_and_at_any_batch_size(trained_head):
     """A 25 x 64 network input (padded to 32 x 64) predicted alone, between two 64 x 64 images at batch size 3,
     and at batch size 1: the same detections, because each image is padded to its own shape. Padded to 64 x 64
-    with its partners, as a plain batch would, the same image scores differently (GroupNorm over the padding)."""
-    files = sorted((trained.root / "syn" / "val").glob("*.png"))
+    with its partners, as a plain batch would, the same image scores differently (GroupNorm over the padding).
+    For the RetinaNet, ATSS and GFL quick starts."""
+    det = Detector.from_checkpoint(trained_head.checkpoint, device="cpu")
+    files = sorted((trained_head.root / "syn" / "val").glob("*.png"))
     small = np.asarray(Image.open(files[2]).convert("RGB").resize((128, 50)))  # resized to (25, 64)
     large = [np.asarray(Image.open(f).convert("RGB").resize((64, 64))) for f in files[3:5]]
     alone = det.predict(small)[0]
