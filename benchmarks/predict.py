@@ -127,11 +127,12 @@ def run(num_images: int = 16, low: int = 240, high: int = 640, min_size: int = 3
     return result
 
 
-def resident_mb() -> float:
-    """This process's resident memory now (Linux /proc), else its peak so far, in MB."""
+def resident_mb(field: str = "VmRSS") -> float:
+    """This process's resident memory now (``VmRSS``) or its peak so far (``VmHWM``) from Linux /proc, in MB;
+    elsewhere the peak from getrusage."""
     try:
         with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS:"))
+            return next(int(line.split()[1]) / 1024 for line in status if line.startswith(f"{field}:"))
     except (OSError, StopIteration):
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -183,7 +184,7 @@ def run_memory(num_images: int = 1000, low: int = 160, high: int = 320, batch: i
 
         summary = predict_files(detector, sampled(loader), [p.name for p in paths], Path(tmp) / "out", None, batch,
                                 None, strict=False, progress=False)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = resident_mb("VmHWM")
     if verbose:
         print(f"\n{num_images} PNG images of {low}-{high} px through the tools/predict.py path (quick-start "
               f"RetinaNet, test size 256, batch {batch}, {workers} workers, 100 detections per image written)")

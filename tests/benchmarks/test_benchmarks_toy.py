@@ -15,6 +15,7 @@ from benchmarks import run_all  # noqa: E402
 from benchmarks.assign_loss import run as assign_loss_run  # noqa: E402
 from benchmarks.common import make_inputs, time_rotating  # noqa: E402
 from benchmarks.data_loading import run as data_loading_run  # noqa: E402
+from benchmarks.predict import run_memory  # noqa: E402
 from benchmarks.speed_features import run_model  # noqa: E402
 
 
@@ -92,3 +93,12 @@ def test_time_rotating_rotates_the_order():
     images, targets = make_inputs(2, 32, 3, 5)
     assert images.shape == (2, 3, 32, 32) and all(t["boxes"].shape == (3, 4) for t in targets)
     assert all(bool((t["boxes"][:, 2:] > t["boxes"][:, :2]).all()) for t in targets)
+
+
+def test_predict_memory_samples_every_few_images_of_the_stream():
+    """6 image files streamed at score threshold 0: memory sampled before images 0, 2, 4 and after the last, and
+    every image written with the quick start's 100 detections (its model.test.max_dets)."""
+    res = run_memory(num_images=6, low=32, high=48, batch=4, workers=0, every=2, verbose=False)
+    assert [count for count, _ in res["samples"]] == [0, 2, 4, 6]
+    assert all(mb > 0 for _, mb in res["samples"]) and res["peak"] >= max(mb for _, mb in res["samples"])
+    assert (res["summary"].num_images, res["summary"].num_failed, res["summary"].num_detections) == (6, 0, 600)
