@@ -33,7 +33,8 @@ import yaml
 from detector.config_schema import Config
 from detector.config_yaml import DuplicateKeyError, describe_yaml_error, load_yaml
 
-__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "config_to_dict", "save_config"]
+__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "config_from_mapping", "config_to_dict",
+           "save_config"]
 
 
 class ConfigError(ValueError):
@@ -317,6 +318,16 @@ def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Confi
     origins: dict = {}
     tree = _load_tree(Path(path), origins)
     tree = _apply_overrides(tree, overrides, origins)
+    return config_from_dict(tree, origins)
+
+
+def config_from_mapping(data: dict, overrides: Iterable[str] = (), source: str = "a stored config") -> Config:
+    """Validate a resolved config kept as plain data (e.g. the one a checkpoint carries, :func:`config_to_dict`'s
+    output) with ``KEY=VALUE`` overrides applied last; errors name ``source`` as where a key was set."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping, got {type(data).__name__}")
+    origins: dict = {}
+    tree = _apply_overrides(_merge({}, data, origins, source), overrides, origins)
     return config_from_dict(tree, origins)
 
 

@@ -1,8 +1,13 @@
 """Evaluate a checkpoint on the config's val set, or score an existing COCO-format results file.
 
     python tools/eval.py CONFIG CHECKPOINT [--out results.json] [--metrics-out metrics.json] [--per-class]
-    python tools/eval.py CONFIG --results results.json [--metrics-out metrics.json]
+    python tools/eval.py CHECKPOINT [--opts data.val.ann_file=... data.val.img_dir=...]   # its stored config
+    python tools/eval.py CONFIG --results results.json [--metrics-out metrics.json]      # or CHECKPOINT --results
     torchrun --nproc_per_node 8 tools/eval.py CONFIG CHECKPOINT     # sharded inference, metrics on rank 0
+
+A checkpoint alone is evaluated with the config it carries (every checkpoint focaldet writes holds it; --opts
+override it, e.g. another val set); one written before checkpoints carried metadata needs its CONFIG before it.
+A first argument ending in .yaml / .yml is a config, anything else a checkpoint.
 
 --metrics-out writes flat JSON with AP, AP50, AP75, APs, APm, APl as fractions (pycocotools' numbers), plus
 APr, APc, APf for LVIS (data.val.format: lvis).
@@ -19,7 +24,7 @@ import sys
 
 import torch
 
-from detector.cli.common import (add_config_argument, add_opts_argument, load_tool_config, load_trained_model,
+from detector.cli.common import (add_config_argument, add_opts_argument, load_checkpoint_config, load_trained_model,
                                  run_tool, start_logging, tool_parser)
 from detector.data.build import prepare_synthetic_data
 from detector.data.coco import CocoDetection
@@ -34,7 +39,7 @@ from detector.runtime.distributed import barrier, get_rank, init_distributed, is
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = tool_parser(__doc__)
-    add_config_argument(parser)
+    add_config_argument(parser, "YAML config file, or a checkpoint that carries its config")
     parser.add_argument("checkpoint", nargs="?", help="checkpoint (.pt) holding the model weights")
     parser.add_argument("--results", help="score this COCO-format results JSON instead of running a model")
     parser.add_argument("--out", help="write the model's detections to this COCO-format results JSON")
@@ -45,11 +50,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--shard-dir", default="work_dirs/eval_shards",
                         help="folder shared by all processes for LVIS result shards (several processes only)")
     args = parser.parse_args(argv)
+    args.config_source = None  # a checkpoint whose stored config is used
+    if args.checkpoint is None and not is_config_file(args.config):  # CHECKPOINT alone, or CHECKPOINT --results
+        args.config_source, args.config = args.config, None
+        args.checkpoint = None if args.results else args.config_source
     if (args.checkpoint is None) == (args.results is None):
         parser.error("give either a CHECKPOINT or --results FILE")
     if args.results and args.out:
         parser.error("--out writes a model's detections; it does not apply with --results")
     return args
+
+
+def is_config_file(path: str) -> bool:
+    return path.lower().endswith((".yaml", ".yml"))
 
 
 def score_results_file(cfg, path: str, per_class: bool) -> dict:
@@ -83,7 +96,7 @@ def evaluate_checkpoint(cfg, config: str, checkpoint: str, out: str | None, per_
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_tool_config(args.config, args.opts)
+    cfg = load_checkpoint_config(args.config_source or args.checkpoint, args.config, args.opts)
     if is_main_process():
         prepare_synthetic_data(cfg)  # the quick start's val set, generated on first use
     barrier()

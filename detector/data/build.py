@@ -5,7 +5,7 @@
 sharded per rank, reshuffled every epoch) that pairs every index with a per-sample seed, and the train set is
 wrapped in a SeededDataset, so each sample's augmentation depends only on (runtime.seed, epoch, position in
 the epoch): not on the number of workers, the resume point or the number of processes. Evaluation shards the
-val set without duplicates.
+val set without duplicates and batches images of one padded shape together.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from detector.data.coco import CocoDetection
 from detector.data.collate import DetectionCollator
 from detector.data.lvis import LVISDetection
 from detector.data.repeat_factor import repeat_factors
-from detector.data.samplers import GroupedBatchSampler, InferenceSampler
+from detector.data.inference_batches import ShapeGroupedBatchSampler, padded_shape
+from detector.data.samplers import GroupedBatchSampler
 from detector.data.seeded import SeededDataset
 from detector.data.synthetic import ensure_synthetic_coco
 from detector.data.synthetic_lvis import ensure_synthetic_lvis
@@ -116,9 +117,13 @@ def empty_training_set_message(dataset: CocoDetection | LVISDetection, filter_em
 
 
 def build_val_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoader:
-    """The evaluation loader: this process's contiguous shard of the val set, no duplicates."""
+    """The evaluation loader: this process's contiguous shard of the val set, no duplicates, in batches of images
+    that share one padded shape (:mod:`detector.data.inference_batches`), so that no image's detections depend on
+    the batch size, its batch partners or the number of processes."""
     dataset = build_dataset(cfg, "val")
-    return DataLoader(dataset, batch_size=cfg.data.test_batch_size,
-                      sampler=InferenceSampler(len(dataset), rank=rank, world_size=world_size),
-                      num_workers=cfg.data.num_workers, collate_fn=DetectionCollator(cfg.data.size_divisor),
-                      pin_memory=torch.cuda.is_available())
+    data = cfg.data
+    shapes = [padded_shape(height, width, data.test_min_size, data.test_max_size, data.size_divisor)
+              for height, width in dataset.image_sizes()]
+    sampler = ShapeGroupedBatchSampler(shapes, data.test_batch_size, rank=rank, world_size=world_size)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers,
+                      collate_fn=DetectionCollator(data.size_divisor), pin_memory=torch.cuda.is_available())

@@ -266,6 +266,10 @@ class DetectionDataset(Dataset):
         """Height / width of every image, from the JSON (for aspect-ratio grouping)."""
         return (self._heights / self._widths).tolist()
 
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of every image, from the JSON (e.g. for grouping inference batches by padded shape)."""
+        return list(zip(self._heights.tolist(), self._widths.tolist()))
+
     def image_category_ids(self) -> list[list[int]]:
         """Original category ids of the non-crowd boxes of every image (e.g. for repeat-factor sampling)."""
         return [

@@ -13,7 +13,8 @@ an epoch is the resampled list); ``schedule.max_iters`` caps the iterations actu
 
 Exact resume. A checkpoint holds the model (EFL statistics are model buffers), optimizer, scheduler,
 GradScaler, the iteration (which fixes the sampler's epoch and position), the skipped-step counters and
-every process's RNG states. Each sample's augmentation is seeded from (runtime.seed, epoch, position)
+every process's RNG states, plus the metadata that lets the file be used alone (config, class names:
+:mod:`detector.predict.checkpoints`). Each sample's augmentation is seeded from (runtime.seed, epoch, position)
 (:mod:`detector.data.seeded`), so N iterations + resume + N iterations give the same weights as 2N in one go
 (bit for bit with ``runtime.deterministic`` on the CPU), with any ``data.num_workers``.
 
@@ -46,6 +47,7 @@ from detector.engine.lr_schedule import WarmupMultiStepLR
 from detector.engine.model_setup import build_training_model
 from detector.engine.optim import build_optimizer, load_optimizer_state
 from detector.engine.stopping import NonFiniteLossError, StopSignal, TrainingInterrupted
+from detector.predict.checkpoints import build_checkpoint_meta
 from detector.runtime.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from detector.runtime.device import resolve_amp_dtype, resolve_device
 from detector.runtime.distributed import (all_reduce_sum, barrier, get_rank, get_world_size, init_distributed,
@@ -120,6 +122,8 @@ class Trainer:
         self.model = model = build_training_model(cfg, self.device, world_size)
         seed_everything(cfg.runtime.seed, rank=rank, deterministic=cfg.runtime.deterministic)
         self.loader, self.sampler = build_train_loader(cfg, rank=rank, world_size=world_size)
+        train_set = self.loader.dataset.dataset  # inside the SeededDataset: class names and category ids
+        self.meta = build_checkpoint_meta(cfg, train_set.class_names, train_set.cat_ids)  # in every checkpoint
         self.length = schedule_length(cfg, self.sampler.num_batches_per_epoch)
         s = cfg.schedule
         self.optimizer = build_optimizer(model, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
@@ -179,7 +183,7 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "iteration": self.iteration, "epoch": epoch, "batch_in_epoch": position,
                 "num_skipped_steps": self.num_skipped_steps, "nonfinite_streak": self.nonfinite_streak,
-                "world_size": get_world_size(), "rng": rng_per_rank}
+                "world_size": get_world_size(), "rng": rng_per_rank, "meta": self.meta}
 
     def model_is_finite(self) -> bool:
         tensors = [t for t in unwrap_model(self.model).state_dict().values() if t.is_floating_point()]

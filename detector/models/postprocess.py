@@ -9,11 +9,16 @@
    ``topk_per_level``, at most the level's anchors x classes, or at most its anchors (``topk_capped_at_anchors``,
    the official EFL code);
 3. the head decodes boxes for those candidates only;
-4. one class-aware NMS call for the whole batch (torchvision.ops.batched_nms, keyed by image and class);
+4. one class-aware NMS call for the whole batch (torchvision.ops.batched_nms keyed by image and class, in
+   float64: see :func:`grouped_nms`);
 5. the best ``max_dets`` per image.
 
-Steps 1-2 are tensor operations without per-image loops (an export path runs the same code). Boxes stay in
-the network-input frame; detector.evaluation.inference rescales them to the original images.
+Each image's boxes are clipped to its own size (``image_sizes``: after the resize, before the batch padding)
+before NMS, as torchvision and mmdetection do: clipping to the padded canvas instead would let an image batched
+with a larger one keep two copies of a box that, alone, NMS merges. The clip gathers each candidate's bounds by
+its image index, so it stays one batched operation. Steps 1-2 are tensor operations without per-image loops (an
+export path runs the same code). Boxes stay in the network-input frame; detector.evaluation.inference rescales
+them to the original images.
 
 Everything runs in fp32 (fp16 NMS loses AP).
 """
@@ -99,18 +104,50 @@ def select_candidates(scores: Tensor, num_anchors_per_level: list[int], params: 
     return Candidates(batch_idx, anchor_idx, labels, kept)
 
 
-def nms_per_image(boxes: Tensor, candidates: Candidates, num_images: int, image_size: tuple[int, int],
+def image_sizes_tensor(image_sizes, canvas_size: tuple[int, int], num_images: int, device: torch.device) -> Tensor:
+    """Per-image (h, w) as a float tensor (B, 2) on ``device``: ``image_sizes`` given as a (B, 2) tensor or a
+    sequence of B (h, w) pairs, or None for the padded ``canvas_size`` (H, W) for every image."""
+    if image_sizes is None:
+        return torch.tensor([canvas_size], dtype=torch.float32, device=device).expand(num_images, 2)
+    if not isinstance(image_sizes, Tensor):
+        pairs = [tuple(int(v) for v in size) for size in image_sizes]
+        if len(pairs) != num_images or any(len(pair) != 2 for pair in pairs):
+            raise ValueError(f"image_sizes needs one (h, w) pair per image ({num_images}), got {image_sizes!r}")
+        too_large = [pair for pair in pairs if pair[0] > canvas_size[0] or pair[1] > canvas_size[1]]
+        if too_large or any(v < 1 for pair in pairs for v in pair):
+            raise ValueError(f"image_sizes {too_large or pairs} do not fit the padded input {canvas_size}")
+        image_sizes = torch.tensor(pairs)
+    if image_sizes.shape != (num_images, 2):
+        raise ValueError(f"image_sizes must be ({num_images}, 2), got {tuple(image_sizes.shape)}")
+    return image_sizes.to(device=device, dtype=torch.float32)
+
+
+def grouped_nms(boxes: Tensor, scores: Tensor, group_ids: Tensor, iou_threshold: float) -> Tensor:
+    """NMS within each group (image x class) at once (``torchvision.ops.batched_nms``); returns the kept indices
+    by decreasing score.
+
+    Run in float64, where it is exact: batched_nms either shifts each group's boxes by ``group * (max coordinate
+    + 1)`` and makes one NMS call (few boxes) or loops over the groups (many boxes). In float32 the shift rounds
+    the coordinates by an amount that grows with the batch's other images and classes, so an image's detections
+    would depend on its batch partners; in float64 the shifted float32 coordinates are exact (a box a few thousand
+    pixels wide plus a shift below 2^29 fits in 53 bits), so both routes compute, bit for bit, the IoUs and
+    decisions of NMS on each group alone.
+    """
+    return batched_nms(boxes.double(), scores.double(), group_ids, iou_threshold)
+
+
+def nms_per_image(boxes: Tensor, candidates: Candidates, num_images: int, image_sizes: Tensor,
                   nms_iou: float, max_dets: int) -> list[dict]:
-    """Clip, class-aware NMS per image (one batched call), keep the best ``max_dets`` of each image.
+    """Clip each box to its image's ``image_sizes`` (B, 2) (h, w), class-aware NMS per image (one batched call),
+    keep the best ``max_dets`` of each image.
 
     Returns one dict per image: ``boxes`` (N, 4) xyxy, ``scores`` (N,), ``labels`` (N,).
     """
-    height, width = image_size
-    boxes = boxes.float()
-    boxes = torch.stack([boxes[:, 0].clamp(0, width), boxes[:, 1].clamp(0, height),
-                         boxes[:, 2].clamp(0, width), boxes[:, 3].clamp(0, height)], dim=1)
+    bounds = image_sizes.to(device=boxes.device, dtype=torch.float32)[candidates.batch_idx]  # (N, 2) (h, w)
+    upper = bounds[:, [1, 0, 1, 0]]  # (N, 4): x <= w, y <= h
+    boxes = torch.minimum(boxes.float().clamp(min=0), upper)  # (N, 4)
     num_classes = int(candidates.labels.max()) + 1 if len(candidates.labels) else 1
-    keep = batched_nms(boxes, candidates.scores, candidates.batch_idx * num_classes + candidates.labels,
+    keep = grouped_nms(boxes, candidates.scores, candidates.batch_idx * num_classes + candidates.labels,
                        nms_iou)  # sorted by decreasing score
     image_of_kept = candidates.batch_idx[keep]
     order = torch.sort(image_of_kept, stable=True).indices  # grouped by image, still by score inside

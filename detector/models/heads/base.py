@@ -11,7 +11,7 @@ quality form), the IoU of the positive's decoded box with its ground truth (deta
 box (and quality / DFL) terms. Inference, for every head: class probabilities p (B, N, K) and, with a quality
 branch, quality probabilities q (B, N) -> detection scores (p, sqrt(p q) or p q) -> per-level top-k by score
 among the pairs whose score (or p alone) passes the threshold -> the head decodes boxes for those candidates
-only -> one batched class-aware NMS (detector.models.postprocess).
+only -> each clipped to its own image -> one batched class-aware NMS (detector.models.postprocess).
 
 A head implements ``forward(features) -> (pred_logits, pred_regression, pred_quality)``, ``loss(outputs,
 targets)``, ``pred_class_probs(outputs)``, ``pred_quality_probs(outputs)`` (None without a quality branch) and
@@ -32,7 +32,8 @@ from detector.assigners import IGNORE, assign_targets
 from detector.assigners.base import Assigner
 from detector.losses import ClassificationLoss
 from detector.models.outputs import DenseOutputs
-from detector.models.postprocess import InferenceParams, fuse_quality, nms_per_image, select_candidates
+from detector.models.postprocess import (InferenceParams, fuse_quality, image_sizes_tensor, nms_per_image,
+                                         select_candidates)
 from detector.runtime.distributed import all_reduce_mean
 
 __all__ = ["DenseHead", "LossWeights", "Positives"]
@@ -110,12 +111,15 @@ class DenseHead(nn.Module, ABC):
         """Boxes (P, 4) xyxy in input pixels of the (image, anchor) pairs ``batch_idx``, ``anchor_idx`` (P,)."""
 
     @torch.no_grad()
-    def predict(self, outputs: DenseOutputs) -> list[dict]:
-        """Detections per image: ``boxes`` (M, 4) xyxy in input pixels, ``scores`` (M,), ``labels`` (M,)."""
+    def predict(self, outputs: DenseOutputs, image_sizes=None) -> list[dict]:
+        """Detections per image: ``boxes`` (M, 4) xyxy in input pixels, clipped to the image, ``scores`` (M,),
+        ``labels`` (M,). ``image_sizes``: each image's (h, w) after the resize, before the batch padding, as B
+        pairs or a (B, 2) tensor; None clips every image to the padded input."""
         params = self.inference
         class_probs = self.pred_class_probs(outputs)  # (B, N, K)
         scores = fuse_quality(class_probs, self.pred_quality_probs(outputs), params.quality_fusion)  # (B, N, K)
         threshold_scores = class_probs if params.score_thr_on == "class" else scores
+        sizes = image_sizes_tensor(image_sizes, outputs.image_size, scores.shape[0], scores.device)  # (B, 2)
         candidates = select_candidates(scores, outputs.num_anchors_per_level, params, threshold_scores)
         boxes = self.decode_boxes(outputs, candidates.batch_idx, candidates.anchor_idx)
-        return nms_per_image(boxes, candidates, scores.shape[0], outputs.image_size, params.nms_iou, params.max_dets)
+        return nms_per_image(boxes, candidates, scores.shape[0], sizes, params.nms_iou, params.max_dets)
