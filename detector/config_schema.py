@@ -193,4 +193,6 @@ class Config:
         """Rules that span sections; raises ValueError naming the keys."""
         if self.data.synthetic.enabled and self.data.synthetic.num_classes != self.model.num_classes:
             raise ValueError(f"data.synthetic.num_classes ({self.data.synthetic.num_classes}) must equal "
-                             f"model.num_classes ({self.model.num_classes})")
+                             f"model.num_classes ({self.model.num_classes}); to train on your own data set "
+                             "data.synthetic.enabled: false, or give both data.train.ann_file and "
+                             "data.val.ann_file outside data.synthetic.root (the generator then turns off)")
