@@ -65,7 +65,8 @@ def build_dataset(cfg: Config, split: str) -> CocoDetection | LVISDetection:
                                   min_size_sampling=data.min_size_sampling)
     ann_file, img_dir = dataset_cfg.ann_file, dataset_cfg.img_dir
     dataset = DATASETS[dataset_cfg.format](ann_file, img_dir, transforms=transforms,
-                                           filter_empty=dataset_cfg.filter_empty, on_bad_image=data.on_bad_image)
+                                           filter_empty=dataset_cfg.filter_empty, on_bad_image=data.on_bad_image,
+                                           exif_orientation=data.exif_orientation)
     if dataset.num_classes != cfg.model.num_classes:
         raise ValueError(f"{ann_file} has {dataset.num_classes} categories but model.num_classes is "
                          f"{cfg.model.num_classes}")
