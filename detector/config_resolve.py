@@ -1,4 +1,4 @@
-"""Resolving the config values that depend on the data: the synthetic generator switch and ``model.num_classes: auto``.
+"""Config values that depend on the data: the synthetic generator switch and ``model.num_classes: auto``.
 
 Both run when a config is loaded (:func:`detector.config.config_from_dict`, before the cross-section checks), so
 every tool, the work dir's ``config.yaml`` and every checkpoint's metadata see the resolved values.
@@ -13,7 +13,8 @@ and its class count would only stand in the way. When only one of the two points
 
 **``model.num_classes: auto``**: the number of entries in the ``categories`` of ``data.train.ann_file`` (COCO and
 LVIS format alike), or ``data.synthetic.num_classes`` when the generator is on and writes that file (it writes
-exactly that many categories, possibly not yet on disk). A missing or unreadable annotation file stops with one line naming it.
+exactly that many categories, possibly not yet on disk). A missing or unreadable annotation file stops with one
+line naming it.
 """
 
 from __future__ import annotations

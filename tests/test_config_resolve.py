@@ -8,6 +8,8 @@ import pytest
 import yaml
 
 from detector.config import ConfigError, load_config, save_config
+from detector.config_schema import ModelConfig
+from detector.models import build_model
 from detector.predict.checkpoints import build_checkpoint_meta
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -132,3 +134,8 @@ def test_one_own_split_with_another_class_count_says_what_to_set(tmp_path, num_c
     assert message.startswith("data.synthetic.num_classes (6) must equal model.num_classes (3); to train on your "
                               "own data set data.synthetic.enabled: false")
     assert "\n" not in message
+
+
+def test_an_unresolved_auto_is_refused_by_the_model_builder():
+    with pytest.raises(ValueError, match="model.num_classes is 'auto': load the config with"):
+        build_model(ModelConfig(num_classes="auto"))

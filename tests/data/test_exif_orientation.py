@@ -1,4 +1,4 @@
-"""The datasets apply a JPEG's EXIF orientation (data.exif_orientation), so phone photos annotated as displayed line up."""
+"""The datasets apply a JPEG's EXIF orientation (data.exif_orientation): phone photos annotated as displayed line up."""
 
 from __future__ import annotations
 
