@@ -30,6 +30,7 @@ from typing import Any, Iterable, Literal, Union
 
 import yaml
 
+from detector.config_resolve import resolve_data_dependent
 from detector.config_schema import Config
 from detector.config_yaml import DuplicateKeyError, describe_yaml_error, load_yaml
 
@@ -290,6 +291,7 @@ def config_from_dict(data: dict, origins: dict | None = None) -> Config:
     validator = _Validator(origins or {})
     cfg = validator.build(Config, data, "")
     try:
+        cfg = resolve_data_dependent(cfg)  # the synthetic generator switch, model.num_classes: auto
         cfg.check()
     except ValueError as err:
         # Rules across sections name their keys in full ("data.synthetic.num_classes"): say who set them.

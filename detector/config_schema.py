@@ -98,6 +98,10 @@ class DataConfig:
     size_divisor: int = 32
     aspect_ratio_grouping: bool = True
     on_bad_image: Literal["error", "skip"] = "error"
+    # Apply a JPEG's EXIF orientation tag when reading train / val images, so phone photos are upright as viewers
+    # show them (and as they were annotated); false keeps the stored pixel grid. Images without the tag (COCO,
+    # LVIS) read the same either way.
+    exif_orientation: bool = True
 
     def __post_init__(self):
         if self.batch_size < 1 or self.test_batch_size < 1 or self.num_workers < 0:
@@ -193,4 +197,6 @@ class Config:
         """Rules that span sections; raises ValueError naming the keys."""
         if self.data.synthetic.enabled and self.data.synthetic.num_classes != self.model.num_classes:
             raise ValueError(f"data.synthetic.num_classes ({self.data.synthetic.num_classes}) must equal "
-                             f"model.num_classes ({self.model.num_classes})")
+                             f"model.num_classes ({self.model.num_classes}); to train on your own data set "
+                             "data.synthetic.enabled: false, or give both data.train.ann_file and "
+                             "data.val.ann_file outside data.synthetic.root (the generator then turns off)")

@@ -10,6 +10,8 @@ val set without duplicates and batches images of one padded shape together.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch.utils.data import DataLoader
 
@@ -25,6 +27,8 @@ from detector.data.synthetic import ensure_synthetic_coco
 from detector.data.synthetic_lvis import ensure_synthetic_lvis
 from detector.data.transforms import build_transforms
 from detector.runtime.seeding import make_generator, make_worker_init_fn
+
+logger = logging.getLogger(__name__)
 
 
 def prepare_synthetic_data(cfg: Config) -> None:
@@ -61,7 +65,8 @@ def build_dataset(cfg: Config, split: str) -> CocoDetection | LVISDetection:
                                   min_size_sampling=data.min_size_sampling)
     ann_file, img_dir = dataset_cfg.ann_file, dataset_cfg.img_dir
     dataset = DATASETS[dataset_cfg.format](ann_file, img_dir, transforms=transforms,
-                                           filter_empty=dataset_cfg.filter_empty, on_bad_image=data.on_bad_image)
+                                           filter_empty=dataset_cfg.filter_empty, on_bad_image=data.on_bad_image,
+                                           exif_orientation=data.exif_orientation)
     if dataset.num_classes != cfg.model.num_classes:
         raise ValueError(f"{ann_file} has {dataset.num_classes} categories but model.num_classes is "
                          f"{cfg.model.num_classes}")
@@ -79,6 +84,10 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
     The loader's dataset is a :class:`SeededDataset` over the train set (``loader.dataset.dataset``) and the
     sampler yields ``(index, sample_seed)`` pairs. The loader has its own generator, so creating its
     iterators (every epoch, and on resume) does not draw from the process's global torch RNG.
+
+    Batches are full (``drop_last``), except when a process's share of an epoch is smaller than one batch
+    (e.g. 3 images and ``data.batch_size`` 8): the epoch is then one incomplete batch of those images, with a
+    warning, rather than no batch at all.
     """
     data = cfg.data
     if data.batch_size % world_size:
@@ -89,14 +98,21 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
         raise ValueError(empty_training_set_message(dataset, cfg.data.train.filter_empty))
     threshold = data.train.repeat_threshold
     factors = repeat_factors(dataset.image_category_ids(), threshold) if threshold is not None else None
-    sampler = GroupedBatchSampler(dataset.aspect_ratios(), batch_size=data.batch_size // world_size,
-                                  seed=cfg.runtime.seed, shuffle=True,
-                                  group_by_aspect_ratio=data.aspect_ratio_grouping, rank=rank,
-                                  world_size=world_size, drop_last=True, repeat_factors=factors,
-                                  repeat_rounding=data.train.repeat_rounding, sample_seeds=True)
-    if len(sampler) == 0:
-        raise ValueError(f"{dataset.ann_file}: {len(dataset)} images give no full batch of "
-                         f"{data.batch_size // world_size} per process; lower data.batch_size")
+    batch_size = data.batch_size // world_size
+
+    def sampler_for(drop_last: bool) -> GroupedBatchSampler:
+        return GroupedBatchSampler(dataset.aspect_ratios(), batch_size=batch_size, seed=cfg.runtime.seed,
+                                   shuffle=True, group_by_aspect_ratio=data.aspect_ratio_grouping, rank=rank,
+                                   world_size=world_size, drop_last=drop_last, repeat_factors=factors,
+                                   repeat_rounding=data.train.repeat_rounding, sample_seeds=True)
+
+    sampler = sampler_for(drop_last=True)
+    if len(sampler) == 0:  # fewer images per process than one batch: keep the incomplete batch
+        sampler = sampler_for(drop_last=False)
+        logger.warning("%s: %d training images give no full batch of %d per process (data.batch_size %d): each "
+                       "step trains on the %d images of this process's epoch, a smaller batch than configured "
+                       "(schedule.lr is not rescaled; an epoch is one step)", dataset.ann_file, len(dataset),
+                       batch_size, data.batch_size, sampler.shard_size)
     loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, num_workers=data.num_workers,
                         collate_fn=DetectionCollator(data.size_divisor), pin_memory=torch.cuda.is_available(),
                         persistent_workers=data.num_workers > 0, worker_init_fn=make_worker_init_fn(),
