@@ -106,7 +106,10 @@ def export_detector(model: DenseDetector, path: str | os.PathLike, fmt: str, inp
 
 def _export_onnx(module: ExportableDetector, inputs, path: Path, metadata: dict[str, str], dynamic: bool,
                  opset: int) -> None:
-    import onnx  # the `export` extra
+    try:
+        import onnx  # the `export` extra
+    except ImportError:
+        raise ExportError("ONNX export needs the onnx and onnxscript packages: pip install 'focaldet[export]'") from None
 
     dynamic_axes = None
     if dynamic:
