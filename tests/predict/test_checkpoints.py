@@ -24,10 +24,8 @@ EVAL_OPTS = ["--no-progress"]
 
 
 def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The command behind tools/<name>.py (and ``focaldet <name>``), detector/cli/<name>.py."""
+    return importlib.import_module(f"detector.cli.{name}")
 
 
 def test_training_checkpoints_carry_their_metadata(trained):
