@@ -109,7 +109,8 @@ def _export_onnx(module: ExportableDetector, inputs, path: Path, metadata: dict[
     try:
         import onnx  # the `export` extra
     except ImportError:
-        raise ExportError("ONNX export needs the onnx and onnxscript packages: pip install 'focaldet[export]'") from None
+        raise ExportError("ONNX export needs the onnx and onnxscript packages: "
+                          "pip install 'focaldet[export]'") from None
 
     dynamic_axes = None
     if dynamic:

@@ -33,7 +33,8 @@ class ExportableDetector(nn.Module):
 
     def __init__(self, model: DenseDetector):
         super().__init__()
-        self.model = model.eval()
+        self.model = model
+        self.eval()  # the exporters restore the wrapper's mode afterwards, which would otherwise be training
 
     def forward(self, images: Tensor, image_sizes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         detections = self.model.head.detect(self.model.dense_outputs(images), image_sizes)

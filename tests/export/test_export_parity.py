@@ -116,6 +116,7 @@ def test_metadata_travels_with_both_formats(tmp_path):
     model = tiny_model(CONFIGS["gfl"])
     meta = {"class_names": json.dumps(["a", "b", "c"]), "mean": "[0.5, 0.5, 0.5]"}
     onnx_path = export_detector(model, tmp_path / "m.onnx", "onnx", (64, 64), meta)
+    assert not model.training  # the exporter leaves the model as it found it, ready to predict
     assert {p.key: p.value for p in onnx.load(str(onnx_path)).metadata_props} == meta
     files = {"focaldet.json": ""}
     torch.jit.load(str(export_detector(model, tmp_path / "m.ts", "torchscript", (64, 64), meta)), _extra_files=files)
