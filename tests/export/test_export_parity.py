@@ -1,4 +1,4 @@
-"""Exported graphs give the eager model's detections: for the RetinaNet, ATSS and GFL heads (tiny backbones), the
+"""Exported graphs give the eager model's detections: for the RetinaNet, ATSS, GFL and EFL heads (tiny backbones), the
 ONNX model run by onnxruntime and the TorchScript module against ``model(images, image_sizes=...)`` on the same
 normalised, padded batches at three input sizes, with images of different sizes in one batch (each clipped to its
 own size): the same count and labels, boxes within 1e-3 px, scores within 1e-4."""
@@ -21,7 +21,9 @@ TINY = ["model.backbone.depth=18", "model.backbone.weights=null", "model.backbon
         "model.test.topk_per_level=200"]
 CONFIGS = {"retinanet": "configs/retinanet/retinanet_r50_fpn_1x_coco.yaml",
            "atss": "configs/atss/atss_r50_fpn_1x_coco.yaml",
-           "gfl": "configs/gfl/gfl_r50_fpn_1x_coco.yaml"}
+           "gfl": "configs/gfl/gfl_r50_fpn_1x_coco.yaml",
+           # the EFL baseline: IoU branch, p q fusion, top-k capped at the level's anchors (a rank mask in the graph)
+           "efl": "configs/efl/efl_r50_fpn_2x_lvis_rfs.yaml"}
 # (padded H, W) and the two images' own sizes inside it: square, wide, tall; the second image smaller
 CASES = [((64, 64), [(64, 64), (50, 40)]), ((96, 160), [(96, 160), (70, 130)]), ((160, 96), [(150, 96), (160, 60)])]
 METADATA = {"producer": "focaldet-test"}
