@@ -90,3 +90,13 @@ def test_time_rotating_rotates_the_order():
     images, targets = make_inputs(2, 32, 3, 5)
     assert images.shape == (2, 3, 32, 32) and all(t["boxes"].shape == (3, 4) for t in targets)
     assert all(bool((t["boxes"][:, 2:] > t["boxes"][:, :2]).all()) for t in targets)
+
+
+def test_export_speed_runs_the_quickstart_model_both_ways(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from benchmarks.export_speed import run_model as export_speed_run
+
+    row = export_speed_run("quickstart", repeats=1, one_thread=True, work_dir=tmp_path)
+    name, size, detections, eager_ms, onnx_ms, ratio = row
+    assert (name, size, detections) == ("quickstart", "160x160", 100)  # every level's top-k full: max_dets kept
+    assert float(eager_ms) > 0 and float(onnx_ms) > 0 and ratio.endswith("x")
