@@ -3,7 +3,9 @@ and outputs).
 
 * ONNX: torch.onnx's TorchScript-based exporter (``dynamo=False``), which has torchvision's ONNX symbolic for
   ``nms`` (NonMaxSuppression) and records data-dependent sizes (NonZero, TopK) as graph values; the
-  ``torch.export``-based exporter stops at NMS's data-dependent output size. Opset 17 by default (11 at least:
+  ``torch.export``-based exporter (``dynamo=True``) stops in torchvision's batched_nms, whose ``boxes.numel() ==
+  0`` test branches on the data-dependent number of candidates (GuardOnDataDependentSymNode; torch 2.14,
+  torchvision 0.29). Opset 17 by default (11 at least:
   NonMaxSuppression, CumSum). ONNX's NonMaxSuppression takes float32 boxes: the graph shifts each (image,
   class) group's boxes apart in float64 as the eager model does, then rounds the shifted boxes to float32, so an
   IoU within ~1e-6 relative of the threshold can be decided the other way than in the eager float64 NMS.
