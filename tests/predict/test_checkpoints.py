@@ -23,9 +23,12 @@ from .conftest import ROOT
 EVAL_OPTS = ["--no-progress"]
 
 
+COMMANDS = {"publish_checkpoint": "publish", "convert_dataset": "convert"}  # tools/<name>.py -> detector/cli module
+
+
 def load_tool(name: str):
-    """The command behind tools/<name>.py (and ``focaldet <name>``), detector/cli/<name>.py."""
-    return importlib.import_module(f"detector.cli.{name}")
+    """The command behind tools/<name>.py (and ``focaldet <command>``), a module of detector/cli."""
+    return importlib.import_module(f"detector.cli.{COMMANDS.get(name, name)}")
 
 
 def test_training_checkpoints_carry_their_metadata(trained):
