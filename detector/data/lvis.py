@@ -19,7 +19,6 @@ import posixpath
 from urllib.parse import urlparse
 
 import numpy as np
-from lvis import LVIS
 
 from detector.data.annotation_files import check_detection_dict, format_hint, load_detection_json, lvis_evidence
 from detector.data.detection_dataset import DetectionDataset
@@ -148,8 +147,10 @@ class LVISDetection(DetectionDataset):
         return info
 
 
-def _read_lvis(ann_file: str) -> LVIS:
+def _read_lvis(ann_file: str) -> "LVIS":  # noqa: F821 (lvis.LVIS)
     """`lvis.LVIS(ann_file)`, with malformed files reported as a ValueError naming the file and the fault."""
+    from lvis import LVIS  # imported here: the lvis package pulls in cv2 and matplotlib, which training never uses
+
     try:
         api = LVIS(ann_file)
     except (ValueError, AssertionError, KeyError, TypeError, AttributeError) as err:  # ValueError: JSON, UTF-8

@@ -174,9 +174,7 @@ def test_resume_forms(data_root, tmp_path):
     assert resolve(cfg, False) is None  # auto_resume is off by default
     assert resolve(cfg, str(last)) == last
 
-    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "tools" / "train.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = importlib.import_module("detector.cli.train")  # behind tools/train.py and `focaldet train`
     assert cli.parse_args(["c.yaml"]).resume is None
     assert cli.parse_args(["c.yaml", "--resume"]).resume == "auto"
     assert cli.parse_args(["c.yaml", "--resume", "--opts", "a=1"]).resume == "auto"
@@ -233,9 +231,7 @@ def test_cli_stops_a_diverged_run_with_a_one_line_error(data_root, tmp_path, mon
         return {key: value * float("nan") for key, value in losses.items()} if self.training else losses
 
     monkeypatch.setattr(DenseDetector, "forward", always_nan)
-    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "tools" / "train.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = importlib.import_module("detector.cli.train")  # behind tools/train.py and `focaldet train`
     code = cli.main([str(CONFIG), "--work-dir", str(tmp_path), "--no-progress", "--opts",
                      *tiny_opts(data_root, "schedule.max_iters=5", "runtime.max_consecutive_nonfinite=1")])
     assert code == 1

@@ -68,7 +68,8 @@ def tool_main(monkeypatch, capsys):
     def call(name, *argv):
         if name not in modules:
             modules[name] = load_tool(name)
-            monkeypatch.setattr(modules[name], "start_logging", lambda rank=0: None)
+            # main imports start_logging from detector.cli.common when it runs: keep pytest's logging as it is
+            monkeypatch.setattr("detector.cli.common.start_logging", lambda rank=0: None)
         code = modules[name].main([str(a) for a in argv])
         return code, capsys.readouterr().err
 

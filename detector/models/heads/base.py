@@ -32,8 +32,8 @@ from detector.assigners import IGNORE, assign_targets
 from detector.assigners.base import Assigner
 from detector.losses import ClassificationLoss
 from detector.models.outputs import DenseOutputs
-from detector.models.postprocess import (InferenceParams, fuse_quality, image_sizes_tensor, nms_per_image,
-                                         select_candidates)
+from detector.models.postprocess import (DetectionBatch, InferenceParams, fuse_quality, image_sizes_tensor,
+                                         nms_fixed_layout, select_candidates, unpad_detections)
 from detector.runtime.distributed import all_reduce_mean
 
 __all__ = ["DenseHead", "LossWeights", "Positives"]
@@ -111,15 +111,24 @@ class DenseHead(nn.Module, ABC):
         """Boxes (P, 4) xyxy in input pixels of the (image, anchor) pairs ``batch_idx``, ``anchor_idx`` (P,)."""
 
     @torch.no_grad()
-    def predict(self, outputs: DenseOutputs, image_sizes=None) -> list[dict]:
-        """Detections per image: ``boxes`` (M, 4) xyxy in input pixels, clipped to the image, ``scores`` (M,),
-        ``labels`` (M,). ``image_sizes``: each image's (h, w) after the resize, before the batch padding, as B
-        pairs or a (B, 2) tensor; None clips every image to the padded input."""
+    def detect(self, outputs: DenseOutputs, image_sizes: Tensor) -> DetectionBatch:
+        """Detections in the fixed layout (boxes (B, D, 4), scores (B, D), labels (B, D), num_detections (B,); D =
+        ``max_dets``), boxes in input pixels clipped to each image's (h, w) in ``image_sizes`` (B, 2). The eager
+        ``predict`` and the exported graphs (detector.export) both run this."""
         params = self.inference
         class_probs = self.pred_class_probs(outputs)  # (B, N, K)
         scores = fuse_quality(class_probs, self.pred_quality_probs(outputs), params.quality_fusion)  # (B, N, K)
         threshold_scores = class_probs if params.score_thr_on == "class" else scores
-        sizes = image_sizes_tensor(image_sizes, outputs.image_size, scores.shape[0], scores.device)  # (B, 2)
         candidates = select_candidates(scores, outputs.num_anchors_per_level, params, threshold_scores)
         boxes = self.decode_boxes(outputs, candidates.batch_idx, candidates.anchor_idx)
-        return nms_per_image(boxes, candidates, scores.shape[0], sizes, params.nms_iou, params.max_dets)
+        return nms_fixed_layout(boxes, candidates, scores.shape[0], image_sizes, self.num_classes, params.nms_iou,
+                                params.max_dets)
+
+    @torch.no_grad()
+    def predict(self, outputs: DenseOutputs, image_sizes=None) -> list[dict]:
+        """Detections per image: ``boxes`` (M, 4) xyxy in input pixels, clipped to the image, ``scores`` (M,),
+        ``labels`` (M,). ``image_sizes``: each image's (h, w) after the resize, before the batch padding, as B
+        pairs or a (B, 2) tensor; None clips every image to the padded input."""
+        num_images = outputs.pred_logits.shape[0]
+        sizes = image_sizes_tensor(image_sizes, outputs.image_size, num_images, outputs.pred_logits.device)  # (B, 2)
+        return unpad_detections(self.detect(outputs, sizes))

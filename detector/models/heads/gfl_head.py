@@ -62,8 +62,10 @@ class GFLHead(DenseHead):
         return torch.cat(cls_out, dim=1), bins.view(*bins.shape[:2], 4, self.reg_max + 1), None
 
     def _anchor_strides(self, num_anchors_per_level: list[int], device: torch.device) -> Tensor:
-        strides = torch.tensor(self.strides, dtype=torch.float32, device=device)
-        return torch.repeat_interleave(strides, torch.tensor(num_anchors_per_level, device=device))  # (N,)
+        # one full() per level rather than repeat_interleave over a tensor of the counts: a traced graph keeps
+        # the counts tied to the feature shapes (a tensor of them would be a constant)
+        return torch.cat([torch.full((count,), float(stride), device=device)
+                          for stride, count in zip(self.strides, num_anchors_per_level)])  # (N,)
 
     def loss(self, outputs: DenseOutputs, targets: list[dict]) -> dict[str, Tensor]:
         pred_logits, pred_bins, anchors = outputs.pred_logits, outputs.pred_regression, outputs.anchors
