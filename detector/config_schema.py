@@ -11,6 +11,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+# The schedule section and data.augment live in their own modules (this one would pass 400 lines); they are
+# imported here so that every section of the schema can be imported from this module.
+from detector.config_augment import AugmentConfig
+from detector.config_schedule import ScheduleConfig
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -284,6 +289,7 @@ class DataConfig:
     test_min_size: int = 800
     test_max_size: int = 1333
     flip_prob: float = 0.5
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training only; all off by default
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     size_divisor: int = 32
@@ -302,43 +308,6 @@ class DataConfig:
             raise ValueError(f"data.std must be > 0 for every channel (pixels are divided by it), got {self.std}")
         if not 0.0 <= self.flip_prob <= 1.0:
             raise ValueError(f"data.flip_prob must be in [0, 1], got {self.flip_prob}")
-
-
-@dataclass(frozen=True)
-class ScheduleConfig:
-    # Give the length in epochs or in iterations (set the other to null); steps are in the same unit.
-    epochs: Optional[int] = 12
-    iters: Optional[int] = None
-    steps: list[int] = field(default_factory=lambda: [8, 11])
-    max_iters: Optional[int] = None  # a cap on the iterations actually run (for quick checks)
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    no_decay_norm_bias: bool = False
-    gamma: float = 0.1
-    # Linear warm-up from warmup_factor * lr, in iterations or in epochs (converted with the sampler's batches
-    # per epoch, like epochs and steps; with repeat-factor sampling an epoch is the resampled list). At most
-    # one of the two may be non-zero.
-    warmup_iters: int = 500
-    warmup_epochs: int = 0
-    warmup_factor: float = 0.001
-    clip_grad_norm: Optional[float] = None
-
-    def __post_init__(self):
-        if (self.epochs is None) == (self.iters is None):
-            raise ValueError("schedule needs exactly one of epochs and iters (set the other to null)")
-        length = self.epochs if self.epochs is not None else self.iters
-        if length < 1:
-            raise ValueError(f"schedule length must be >= 1, got {length}")
-        if any(s < 0 or s > length for s in self.steps) or list(self.steps) != sorted(self.steps):
-            raise ValueError(f"schedule.steps must be increasing and within the schedule, got {self.steps}")
-        if self.max_iters is not None and self.max_iters < 1:
-            raise ValueError(f"schedule.max_iters must be >= 1, got {self.max_iters}")
-        if self.lr <= 0 or self.warmup_iters < 0 or self.warmup_epochs < 0 or not 0 < self.warmup_factor <= 1:
-            raise ValueError("schedule.lr must be > 0, warmup_iters and warmup_epochs >= 0, warmup_factor in (0, 1]")
-        if self.warmup_iters and self.warmup_epochs:
-            raise ValueError(f"schedule.warmup_epochs ({self.warmup_epochs}) and schedule.warmup_iters "
-                             f"({self.warmup_iters}) both give the warm-up length: set one of them to 0")
 
 
 @dataclass(frozen=True)
@@ -385,3 +354,7 @@ class Config:
         if self.data.synthetic.enabled and self.data.synthetic.num_classes != self.model.num_classes:
             raise ValueError(f"data.synthetic.num_classes ({self.data.synthetic.num_classes}) must equal "
                              f"model.num_classes ({self.model.num_classes})")
+        if self.data.batch_size % self.schedule.accumulate:
+            raise ValueError(f"data.batch_size ({self.data.batch_size}) must be divisible by schedule.accumulate "
+                             f"({self.schedule.accumulate}): each optimiser step splits the batch into that many "
+                             "micro-batches")

@@ -22,7 +22,7 @@ from detector.data.samplers import GroupedBatchSampler, InferenceSampler
 from detector.data.seeded import SeededDataset
 from detector.data.synthetic import ensure_synthetic_coco
 from detector.data.synthetic_lvis import ensure_synthetic_lvis
-from detector.data.transforms import build_transforms
+from detector.data.transforms import DetectionTransform, build_transforms
 from detector.runtime.seeding import make_generator, make_worker_init_fn
 
 
@@ -49,14 +49,21 @@ def prepare_synthetic_data(cfg: Config) -> None:
 DATASETS = {"coco": CocoDetection, "lvis": LVISDetection}
 
 
+def build_transforms_for(cfg: Config, split: str) -> DetectionTransform:
+    """The ``train`` transforms (resize, flip, ``data.augment``) or the ``val`` ones (resize only)."""
+    data = cfg.data
+    if split != "train":
+        return build_transforms(train=False, min_size=data.test_min_size, max_size=data.test_max_size,
+                                flip_prob=data.flip_prob, mean=data.mean, std=data.std)
+    return build_transforms(train=True, min_size=data.min_size, max_size=data.max_size, flip_prob=data.flip_prob,
+                            mean=data.mean, std=data.std)
+
+
 def build_dataset(cfg: Config, split: str) -> CocoDetection | LVISDetection:
     """The ``train`` or ``val`` dataset with its transforms."""
     dataset_cfg: DatasetConfig = getattr(cfg.data, split)
     data = cfg.data
-    train = split == "train"
-    transforms = build_transforms(train=train, min_size=data.min_size if train else data.test_min_size,
-                                  max_size=data.max_size if train else data.test_max_size,
-                                  flip_prob=data.flip_prob, mean=data.mean, std=data.std)
+    transforms = build_transforms_for(cfg, split)
     ann_file, img_dir = dataset_cfg.ann_file, dataset_cfg.img_dir
     dataset = DATASETS[dataset_cfg.format](ann_file, img_dir, transforms=transforms,
                                            filter_empty=dataset_cfg.filter_empty, on_bad_image=data.on_bad_image)

@@ -1,7 +1,7 @@
 """The training loop: iteration-based, epoch-aware, single- or multi-process, resumable exactly.
 
 One call, ``train(cfg, work_dir, resume)``, does the whole run:
-  data -> model (DDP when launched by torchrun) -> SGD + warm-up multi-step schedule -> loop
+  data -> model (DDP when launched by torchrun) -> optimizer + warm-up lr schedule (engine/recipe.py) -> loop
   (AMP, gradient clipping, non-finite steps skipped) -> logging (tqdm, TensorBoard, metrics.jsonl)
   -> checkpoints (last.pt + every N iterations) -> evaluation (every N iterations and at the end; TensorBoard
   images of the first val images' detections and per-class PR curves).
@@ -42,9 +42,9 @@ from detector.config import save_config
 from detector.config_schema import Config
 from detector.data.build import build_train_loader, prepare_synthetic_data
 from detector.engine.evaluate import evaluate_model
-from detector.engine.lr_schedule import WarmupMultiStepLR
 from detector.engine.model_setup import build_training_model
-from detector.engine.optim import build_optimizer, load_optimizer_state
+from detector.engine.optim import load_optimizer_state
+from detector.engine.recipe import build_lr_scheduler, build_training_optimizer
 from detector.engine.stopping import NonFiniteLossError, StopSignal, TrainingInterrupted
 from detector.runtime.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
 from detector.runtime.device import resolve_amp_dtype, resolve_device
@@ -121,12 +121,9 @@ class Trainer:
         seed_everything(cfg.runtime.seed, rank=rank, deterministic=cfg.runtime.deterministic)
         self.loader, self.sampler = build_train_loader(cfg, rank=rank, world_size=world_size)
         self.length = schedule_length(cfg, self.sampler.num_batches_per_epoch)
-        s = cfg.schedule
-        self.optimizer = build_optimizer(model, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
-                                         no_decay_norm_bias=s.no_decay_norm_bias,
-                                         fused=cfg.runtime.fused_optimizer)
-        self.scheduler = WarmupMultiStepLR(self.optimizer, self.length.milestones, gamma=s.gamma,
-                                           warmup_iters=self.length.warmup_iters, warmup_factor=s.warmup_factor)
+        self.optimizer = build_training_optimizer(cfg, model)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer, self.length.total_iters, self.length.milestones,
+                                            self.length.warmup_iters)
         self.amp_dtype = resolve_amp_dtype(cfg.runtime.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.runtime.amp == "fp16")
         if world_size > 1:
