@@ -41,6 +41,7 @@ from tqdm import tqdm
 from detector.config import save_config
 from detector.config_schema import Config
 from detector.data.build import build_train_loader, prepare_synthetic_data
+from detector.engine.accumulation import GradientAccumulator
 from detector.engine.evaluate import evaluate_model
 from detector.engine.model_setup import build_training_model
 from detector.engine.optim import load_optimizer_state
@@ -129,6 +130,8 @@ class Trainer:
         if world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.accumulator = GradientAccumulator(self.model, cfg.schedule.accumulate, cfg.data.batch_size // world_size,
+                                               cfg.schedule.accumulate_exact, self.autocast, self.backward)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.checkpoints = CheckpointManager(self.work_dir / "checkpoints", keep_last=cfg.runtime.keep_checkpoints) \
             if is_main_process() else None
@@ -229,6 +232,7 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, targets: list[dict]) -> StepResult:
         """One optimiser step, skipped (gradients dropped) when any process saw a non-finite loss or gradient.
+        The batch's gradients may come from several micro-batches (``schedule.accumulate``, GradientAccumulator).
 
         The finiteness flags and the stop flag travel in one 3-element all-reduce, read by the host once per
         step: every process then skips, and stops, at the same iteration.
@@ -236,13 +240,8 @@ class Trainer:
         images = images.to(self.device, non_blocking=True)
         if self.cfg.runtime.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else \
-            contextlib.nullcontext()
-        with autocast:
-            losses = self.model(images, targets)
-        total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        losses, total = self.accumulator.forward_backward(images, targets)  # schedule.accumulate micro-batches
         self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.params if p.grad is not None]
         if not grads:
@@ -259,8 +258,13 @@ class Trainer:
         else:
             self.scaler.step(self.optimizer)
         self.scaler.update()  # after a skipped fp16 step: lowers the loss scale (unscale_ recorded the inf)
-        return StepResult({**{k: v.detach() for k, v in losses.items()}, "loss": total.detach()},
-                          grad_norm.detach(), nonfinite_loss, nonfinite_grad, stop)
+        return StepResult({**losses, "loss": total}, grad_norm.detach(), nonfinite_loss, nonfinite_grad, stop)
+
+    def autocast(self) -> contextlib.AbstractContextManager:  # runtime.amp for the forward passes
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
 
     def count_skipped(self, step: StepResult, last_good: tuple[int, dict] | None) -> None:
         """Count a skipped step; raise NonFiniteLossError when the streak passes the limit (all ranks alike).

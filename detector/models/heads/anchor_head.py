@@ -30,12 +30,11 @@ from torch import Tensor, nn
 from detector.assigners.base import Assigner
 from detector.boxes import DeltaBoxCoder, box_iou_paired
 from detector.losses import BoxLoss, ClassificationLoss
-from detector.models.heads.base import DenseHead, LossWeights
+from detector.models.heads.base import DenseHead, LossWeights, Positives
 from detector.models.heads.common import (Scale, TowerSpec, anchor_centres, centerness_target, flatten_level,
                                           prediction_conv)
 from detector.models.outputs import DenseOutputs
 from detector.models.postprocess import InferenceParams
-from detector.runtime.distributed import all_reduce_mean
 
 QUALITY_BRANCHES = (None, "centerness", "iou")
 
@@ -78,14 +77,32 @@ class AnchorHead(DenseHead):
         quality = torch.cat(quality_out, dim=1).squeeze(2) if quality_out else None
         return torch.cat(cls_out, dim=1), torch.cat(box_out, dim=1), quality
 
-    def loss(self, outputs: DenseOutputs, targets: list[dict]) -> dict[str, Tensor]:
+    @property
+    def normaliser_minimums(self) -> dict[str, float]:
+        """N_pos at least 1; with a centerness branch, the sum of centerness targets at least 1e-6."""
+        return {"num_pos": 1.0, "centerness": 1e-6} if self.quality_branch == "centerness" else {"num_pos": 1.0}
+
+    def _centerness_targets(self, outputs: DenseOutputs, pos: Positives) -> Tensor:
+        """(P,) centerness of each positive's anchor centre inside its ground truth (ATSS's box-loss weights)."""
+        return centerness_target(anchor_centres(outputs.anchors[pos.anchor_idx]), pos.gt_boxes)
+
+    def normaliser_sums(self, outputs: DenseOutputs, pos: Positives) -> dict[str, Tensor]:
+        sums = {"num_pos": pos.local_num_pos}
+        if self.quality_branch == "centerness":
+            sums["centerness"] = self._centerness_targets(outputs, pos).sum()
+        return sums
+
+    def loss(self, outputs: DenseOutputs, targets: list[dict],
+             normalisers: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         pos = self.match(outputs, targets)
+        norm = normalisers if normalisers is not None else self.reduce_normalisers(self.normaliser_sums(outputs, pos))
+        num_pos = norm["num_pos"]
         pos_anchors = outputs.anchors[pos.anchor_idx]  # (P, 4)
         pos_deltas = outputs.pred_regression[pos.batch_idx, pos.anchor_idx].float()  # (P, 4)
         pos_boxes = self.box_coder.decode(pos_deltas, pos_anchors)  # (P, 4)
         pos_iou = box_iou_paired(pos_boxes.detach(), pos.gt_boxes) if (
             self.cls_loss.soft_targets or self.quality_branch == "iou") else None  # (P,)
-        losses = {"loss_cls": self.classification_loss(outputs.pred_logits, pos, pos_iou)}
+        losses = {"loss_cls": self.classification_loss(outputs.pred_logits, pos, pos_iou, num_pos)}
 
         weights = self.loss_weights
         if self.box_loss.on_boxes:
@@ -94,18 +111,17 @@ class AnchorHead(DenseHead):
             box_terms = self.box_loss(pos_deltas, self.box_coder.encode(pos.gt_boxes, pos_anchors),
                                       reduction="none").sum(dim=1)  # (P,)
         if self.quality_branch is None:
-            losses["loss_box"] = weights.box * box_terms.sum() / pos.num_pos
+            losses["loss_box"] = weights.box * box_terms.sum() / num_pos
             return losses
         if self.quality_branch == "centerness":
-            quality_target = centerness_target(anchor_centres(pos_anchors), pos.gt_boxes)  # (P,)
-            normaliser = all_reduce_mean(quality_target.sum()).clamp(min=1e-6)
-            losses["loss_box"] = weights.box * (box_terms * quality_target).sum() / normaliser
+            quality_target = self._centerness_targets(outputs, pos)  # (P,)
+            losses["loss_box"] = weights.box * (box_terms * quality_target).sum() / norm["centerness"]
         else:
             quality_target = pos_iou
-            losses["loss_box"] = weights.box * box_terms.sum() / pos.num_pos
+            losses["loss_box"] = weights.box * box_terms.sum() / num_pos
         pos_quality = outputs.pred_quality[pos.batch_idx, pos.anchor_idx].float()  # (P,)
         losses["loss_quality"] = weights.quality * F.binary_cross_entropy_with_logits(
-            pos_quality, quality_target, reduction="sum") / pos.num_pos
+            pos_quality, quality_target, reduction="sum") / num_pos
         return losses
 
     def pred_scores(self, outputs: DenseOutputs) -> Tensor:
