@@ -99,6 +99,9 @@ class IoUCropConfig:
                              f"{self.min_aspect_ratio} and {self.max_aspect_ratio}")
         if not self.min_ious or not all(0.0 <= v <= 1.0 for v in self.min_ious):
             raise ValueError(f"data.augment.iou_crop.min_ious must list IoUs in [0, 1], got {self.min_ious}")
+        if 0.0 not in self.min_ious and 1.0 not in self.min_ious:  # torchvision's sampler retries until one holds
+            raise ValueError("data.augment.iou_crop.min_ious must include 0.0 (any crop holding a box centre) or 1.0 "
+                             f"(the whole image), else a crop may never be found; got {self.min_ious}")
         if self.trials < 1:
             raise ValueError(f"data.augment.iou_crop.trials must be >= 1, got {self.trials}")
 

@@ -1,7 +1,7 @@
 """The ``schedule`` section of the config: optimiser, learning-rate schedule, warm-up, gradient accumulation.
 
 Defaults are the papers' recipe (SGD, momentum 0.9, step decay, linear warm-up); every other option is off by
-default, so the paper configs keep their exact recipes. See README "Training recipes".
+default, so the paper configs keep their exact recipes. See README "Config reference".
 """
 
 from __future__ import annotations

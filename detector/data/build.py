@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import torch
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from detector.config_schema import Config, DatasetConfig
+from detector.data.augment import IoUCrop, RandomAreaCrop, large_scale_jitter
 from detector.data.coco import CocoDetection
 from detector.data.collate import DetectionCollator
 from detector.data.lvis import LVISDetection
@@ -55,8 +57,26 @@ def build_transforms_for(cfg: Config, split: str) -> DetectionTransform:
     if split != "train":
         return build_transforms(train=False, min_size=data.test_min_size, max_size=data.test_max_size,
                                 flip_prob=data.flip_prob, mean=data.mean, std=data.std)
+    aug = data.augment
+    before_resize: list[v2.Transform] = []
+    if aug.photometric.prob > 0:
+        photo = aug.photometric
+        before_resize.append(v2.RandomApply([v2.ColorJitter(photo.brightness, photo.contrast, photo.saturation,
+                                                            photo.hue)], p=photo.prob))
+    if aug.iou_crop.prob > 0:
+        crop = aug.iou_crop
+        before_resize.append(IoUCrop(crop.prob, crop.min_scale, crop.max_scale, crop.min_aspect_ratio,
+                                     crop.max_aspect_ratio, crop.min_ious, crop.trials))
+    if aug.random_resized_crop.prob > 0:
+        area = aug.random_resized_crop
+        before_resize.append(RandomAreaCrop(area.prob, area.scale, area.ratio))
+    jitter = None
+    if aug.scale_jitter.prob > 0:
+        size = aug.scale_jitter.size or [data.max_size, data.max_size]
+        jitter = (aug.scale_jitter.prob, large_scale_jitter(size, aug.scale_jitter.scale_range, data.mean))
     return build_transforms(train=True, min_size=data.min_size, max_size=data.max_size, flip_prob=data.flip_prob,
-                            mean=data.mean, std=data.std)
+                            mean=data.mean, std=data.std, before_resize=before_resize, jitter=jitter,
+                            min_box_size=aug.min_box_size if aug.crops else None)
 
 
 def build_dataset(cfg: Config, split: str) -> CocoDetection | LVISDetection:
