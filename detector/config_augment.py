@@ -4,7 +4,7 @@ Each augmentation is applied to a sample with its probability ``prob`` (0, the d
 pipeline, so the paper configs keep their exact transforms). Boxes and crowd (ignore) regions follow the image's
 geometry; after a crop, boxes are clipped to the image and those narrower or shorter than ``min_box_size``
 pixels are dropped (an image may end up with no box: it trains as a background-only image). See README
-"Training recipes" and :mod:`detector.data.augment`.
+"Config reference" and :mod:`detector.data.augment`.
 """
 
 from __future__ import annotations
