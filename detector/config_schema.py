@@ -267,6 +267,8 @@ class EvaluationConfig:
     # precision-recall curves (rank 0 only).
     tensorboard_images: int = 4
     tensorboard_pr_curves: bool = True
+    # Keep checkpoints/best.pt at the evaluation with the highest value of this metric (null: no best.pt).
+    save_best: Optional[Literal["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"]] = None
 
     def __post_init__(self):
         if self.tensorboard_images < 0:
@@ -311,6 +313,19 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class EMAConfig:
+    # Exponential moving average of the weights, evaluated and checkpointed when on (detector/engine/ema.py):
+    # d_t = decay * (1 - exp(-t / warmup)) at update t; decay 0 turns it off.
+    decay: float = 0.0
+    warmup: int = 2000  # updates (optimiser steps)
+
+    def __post_init__(self):
+        if not 0.0 <= self.decay < 1.0 or self.warmup < 0:
+            raise ValueError(f"runtime.ema needs decay in [0, 1) (0: off) and warmup >= 0, got decay {self.decay}, "
+                             f"warmup {self.warmup}")
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     seed: int = 0
     device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
@@ -329,6 +344,9 @@ class RuntimeConfig:
     auto_resume: bool = False
     # Stop (exit non-zero, last good checkpoint kept) after more non-finite losses / gradients in a row.
     max_consecutive_nonfinite: int = 5
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    # Stop after this many evaluations in a row without a better evaluation.save_best (null: never).
+    early_stop_patience: Optional[int] = None
 
     def __post_init__(self):
         if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):
@@ -339,6 +357,9 @@ class RuntimeConfig:
             raise ValueError("runtime.log_interval must be >= 1; checkpoint and eval intervals >= 0")
         if self.max_consecutive_nonfinite < 0:
             raise ValueError(f"runtime.max_consecutive_nonfinite must be >= 0, got {self.max_consecutive_nonfinite}")
+        if self.early_stop_patience is not None and self.early_stop_patience < 1:
+            raise ValueError(f"runtime.early_stop_patience must be >= 1 evaluations (or null), got "
+                             f"{self.early_stop_patience}")
 
 
 @dataclass(frozen=True)
@@ -354,6 +375,11 @@ class Config:
         if self.data.synthetic.enabled and self.data.synthetic.num_classes != self.model.num_classes:
             raise ValueError(f"data.synthetic.num_classes ({self.data.synthetic.num_classes}) must equal "
                              f"model.num_classes ({self.model.num_classes})")
+        if self.runtime.early_stop_patience is not None and self.evaluation.save_best is None:
+            raise ValueError("runtime.early_stop_patience needs evaluation.save_best (the metric that must improve)")
+        if self.evaluation.save_best in ("APr", "APc", "APf") and self.data.val.format != "lvis":
+            raise ValueError(f"evaluation.save_best {self.evaluation.save_best} is an LVIS metric; data.val.format "
+                             f"is {self.data.val.format}")
         if self.data.batch_size % self.schedule.accumulate:
             raise ValueError(f"data.batch_size ({self.data.batch_size}) must be divisible by schedule.accumulate "
                              f"({self.schedule.accumulate}): each optimiser step splits the batch into that many "

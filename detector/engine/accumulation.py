@@ -43,7 +43,12 @@ from torch import Tensor, nn
 from detector.losses import EqualizedFocalLoss
 from detector.runtime.model_state import unwrap_model
 
-__all__ = ["GradientAccumulator", "split_batch", "preserved_norm_statistics", "held_efl_ratios"]
+__all__ = ["GradientAccumulator", "split_batch", "preserved_norm_statistics", "held_efl_ratios", "amp_autocast"]
+
+
+def amp_autocast(device: torch.device, dtype: torch.dtype | None) -> Callable[[], ContextManager]:
+    """Makes the autocast context of a forward pass (``runtime.amp``): none when ``dtype`` is None."""
+    return lambda: torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def split_batch(images: Tensor, targets: list[dict], num_parts: int) -> list[tuple[Tensor, list[dict]]]:

@@ -10,6 +10,7 @@ shipped config against a fixture written by the earlier code).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ from detector.config_schema import Config
 from detector.engine.lr_schedule import WarmupLR
 from detector.engine.optim import build_optimizer
 
-__all__ = ["build_training_optimizer", "build_lr_scheduler"]
+__all__ = ["build_training_optimizer", "build_lr_scheduler", "ScheduleLength", "schedule_length"]
 
 
 def build_training_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
@@ -45,3 +46,22 @@ def build_lr_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, total_iter
     return WarmupLR(optimizer, policy=s.policy, total_iters=total_iters, milestones=milestones, gamma=s.gamma,
                     min_lr_ratio=s.min_lr_ratio, warmup_iters=warmup_iters, warmup_factor=s.warmup_factor,
                     warmup_method=s.warmup_method)
+
+
+@dataclass
+class ScheduleLength:
+    iters_per_epoch: int
+    total_iters: int      # the schedule's full length
+    run_iters: int        # what this run executes (capped by schedule.max_iters)
+    milestones: list[int]
+    warmup_iters: int     # schedule.warmup_iters, or schedule.warmup_epochs * iters_per_epoch
+
+
+def schedule_length(cfg: Config, iters_per_epoch: int) -> ScheduleLength:
+    """``schedule.epochs`` / ``iters``, ``steps``, ``max_iters`` and the warm-up in iterations (optimiser steps)."""
+    s = cfg.schedule
+    unit = iters_per_epoch if s.epochs is not None else 1
+    total = (s.epochs if s.epochs is not None else s.iters) * unit
+    run = min(total, s.max_iters) if s.max_iters is not None else total
+    warmup = s.warmup_epochs * iters_per_epoch if s.warmup_epochs else s.warmup_iters
+    return ScheduleLength(iters_per_epoch, total, run, [step * unit for step in s.steps], warmup)

@@ -26,7 +26,6 @@ writing a checkpoint, so last.pt stays the last good state.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import time
@@ -41,13 +40,15 @@ from tqdm import tqdm
 from detector.config import save_config
 from detector.config_schema import Config
 from detector.data.build import build_train_loader, prepare_synthetic_data
-from detector.engine.accumulation import GradientAccumulator
+from detector.engine.accumulation import GradientAccumulator, amp_autocast
+from detector.engine.best_checkpoint import BEST_KEY, BEST_NAME, BestTracker
+from detector.engine.ema import EMA_KEY, ModelEMA
 from detector.engine.evaluate import evaluate_model
 from detector.engine.model_setup import build_training_model
 from detector.engine.optim import load_optimizer_state
-from detector.engine.recipe import build_lr_scheduler, build_training_optimizer
+from detector.engine.recipe import build_lr_scheduler, build_training_optimizer, schedule_length
 from detector.engine.stopping import NonFiniteLossError, StopSignal, TrainingInterrupted
-from detector.runtime.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+from detector.runtime.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, save_checkpoint
 from detector.runtime.device import resolve_amp_dtype, resolve_device
 from detector.runtime.distributed import (all_reduce_sum, barrier, get_rank, get_world_size, init_distributed,
                                           is_distributed, is_main_process, reduce_loss_dict)
@@ -56,24 +57,6 @@ from detector.runtime.model_state import load_model_state, unwrap_model
 from detector.runtime.seeding import capture_rng_state, restore_rng_state, seed_everything
 
 logger = logging.getLogger("detector.engine")
-
-
-@dataclass
-class ScheduleLength:
-    iters_per_epoch: int
-    total_iters: int      # the schedule's full length
-    run_iters: int        # what this run executes (capped by schedule.max_iters)
-    milestones: list[int]
-    warmup_iters: int     # schedule.warmup_iters, or schedule.warmup_epochs * iters_per_epoch
-
-
-def schedule_length(cfg: Config, iters_per_epoch: int) -> ScheduleLength:
-    s = cfg.schedule
-    unit = iters_per_epoch if s.epochs is not None else 1
-    total = (s.epochs if s.epochs is not None else s.iters) * unit
-    run = min(total, s.max_iters) if s.max_iters is not None else total
-    warmup = s.warmup_epochs * iters_per_epoch if s.warmup_epochs else s.warmup_iters
-    return ScheduleLength(iters_per_epoch, total, run, [step * unit for step in s.steps], warmup)
 
 
 @dataclass
@@ -131,7 +114,10 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.accumulator = GradientAccumulator(self.model, cfg.schedule.accumulate, cfg.data.batch_size // world_size,
-                                               cfg.schedule.accumulate_exact, self.autocast, self.backward)
+                                               cfg.schedule.accumulate_exact, amp_autocast(self.device, self.amp_dtype),
+                                               lambda loss: self.scaler.scale(loss).backward())
+        self.ema = ModelEMA(model, cfg.runtime.ema.decay, cfg.runtime.ema.warmup) if cfg.runtime.ema.decay else None
+        self.best = BestTracker(cfg.evaluation.save_best, cfg.runtime.early_stop_patience)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.checkpoints = CheckpointManager(self.work_dir / "checkpoints", keep_last=cfg.runtime.keep_checkpoints) \
             if is_main_process() else None
@@ -179,7 +165,9 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "iteration": self.iteration, "epoch": epoch, "batch_in_epoch": position,
                 "num_skipped_steps": self.num_skipped_steps, "nonfinite_streak": self.nonfinite_streak,
-                "world_size": get_world_size(), "rng": rng_per_rank}
+                "world_size": get_world_size(), "rng": rng_per_rank,
+                **({BEST_KEY: self.best.state_dict()} if self.best.enabled else {}),
+                **({EMA_KEY: self.ema.state_dict()} if self.ema is not None else {})}
 
     def model_is_finite(self) -> bool:
         tensors = [t for t in unwrap_model(self.model).state_dict().values() if t.is_floating_point()]
@@ -212,6 +200,9 @@ class Trainer:
         self.iteration = int(state["iteration"])
         self.num_skipped_steps = int(state.get("num_skipped_steps", 0))
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        self.best.load_state_dict(state.get(BEST_KEY))
+        if self.ema is not None:
+            self.ema.resume(state, unwrap_model(self.model), f"checkpoint {path}")
         rng, saved_world = state["rng"], int(state.get("world_size", 1))
         if isinstance(rng, list):  # one state per rank
             if saved_world != get_world_size():
@@ -259,12 +250,6 @@ class Trainer:
             self.scaler.step(self.optimizer)
         self.scaler.update()  # after a skipped fp16 step: lowers the loss scale (unscale_ recorded the inf)
         return StepResult({**losses, "loss": total}, grad_norm.detach(), nonfinite_loss, nonfinite_grad, stop)
-
-    def autocast(self) -> contextlib.AbstractContextManager:  # runtime.amp for the forward passes
-        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
-
-    def backward(self, loss: torch.Tensor) -> None:
-        self.scaler.scale(loss).backward()
 
     def count_skipped(self, step: StepResult, last_good: tuple[int, dict] | None) -> None:
         """Count a skipped step; raise NonFiniteLossError when the streak passes the limit (all ranks alike).
@@ -325,6 +310,8 @@ class Trainer:
                     else:
                         self.nonfinite_streak = 0
                         last_good = (self.iteration, step.losses)
+                        if self.ema is not None:
+                            self.ema.update(unwrap_model(self.model))
                     iter_time, tick = time.perf_counter() - tick, time.perf_counter()
                     bar.update(1)
                     meters.update(iter_time=iter_time, data_time=data_time)
@@ -338,12 +325,14 @@ class Trainer:
                     if cfg.runtime.eval_interval and self.iteration % cfg.runtime.eval_interval == 0 \
                             and self.iteration < run_iters:
                         self.evaluate()
+                        if self.best.should_stop:
+                            break
                 bar.close()
                 self.save_checkpoint(keep=bool(cfg.runtime.checkpoint_interval))
                 # A signal after the last step's all-reduce: agree on it now and skip the final evaluation.
                 if bool(all_reduce_sum(torch.tensor([float(self.stop.requested)])).item()):
                     self.interrupted(saved=True)
-            if cfg.runtime.eval_at_end:
+            if cfg.runtime.eval_at_end and not self.best.should_stop:  # an early stop just evaluated these weights
                 self.evaluate()
         finally:
             bar.close()
@@ -370,7 +359,8 @@ class Trainer:
 
     def evaluate(self) -> dict:
         tensorboard, ev = self.metrics_log.has_tensorboard, self.cfg.evaluation  # rank 0 only
-        metrics = evaluate_model(self.cfg, unwrap_model(self.model), self.device, progress=self.progress,
+        model = self.ema.module if self.ema is not None else unwrap_model(self.model)  # runtime.ema: the average
+        metrics = evaluate_model(self.cfg, model, self.device, progress=self.progress,
                                  shard_dir=self.work_dir / "eval_shards",
                                  pr_curves=tensorboard and ev.tensorboard_pr_curves,
                                  keep_images=ev.tensorboard_images if tensorboard else 0)
@@ -383,7 +373,21 @@ class Trainer:
             logger.info("iteration %d: %s", self.iteration,
                         ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         self.eval_metrics = metrics
+        if self.best.enabled:
+            self.record_best(metrics)
         return metrics
+
+    def record_best(self, metrics: dict) -> None:
+        """evaluation.save_best: best.pt and metrics.jsonl's best/* at a new best; the early-stop message."""
+        if self.best.observe(self.iteration, metrics):
+            state = self.state_dict()  # collective: every rank
+            if self.checkpoints is not None:
+                save_checkpoint(self.checkpoints.directory / BEST_NAME, state)
+        self.metrics_log.log(self.iteration, self.best.record(), prefix=None)
+        if self.iteration == self.length.run_iters:  # the end-of-run evaluation comes after last.pt: add it there
+            self.save_checkpoint(keep=False)
+        if self.best.should_stop and is_main_process():
+            logger.warning(self.best.stop_message())
 
 
 def train(cfg: Config, work_dir: str | Path, resume: bool | str | Path | None = False, progress: bool = True) -> dict:
