@@ -12,8 +12,8 @@ an epoch is the resampled list); ``schedule.max_iters`` caps the iterations actu
 (the learning-rate schedule keeps the full length, so a capped run is the head of the full run).
 
 Exact resume. A checkpoint holds the model (EFL statistics are model buffers), optimizer, scheduler,
-GradScaler, the iteration (which fixes the sampler's epoch and position), the skipped-step counters and
-every process's RNG states. Each sample's augmentation is seeded from (runtime.seed, epoch, position)
+GradScaler, the iteration (which fixes the sampler's epoch and position), the skipped-step counters,
+every process's RNG states and, when on, the EMA weights (engine/ema.py) and the best-metric tracker. Each sample's augmentation is seeded from (runtime.seed, epoch, position)
 (:mod:`detector.data.seeded`), so N iterations + resume + N iterations give the same weights as 2N in one go
 (bit for bit with ``runtime.deterministic`` on the CPU), with any ``data.num_workers``.
 
