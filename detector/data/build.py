@@ -52,7 +52,8 @@ DATASETS = {"coco": CocoDetection, "lvis": LVISDetection}
 
 
 def build_transforms_for(cfg: Config, split: str) -> DetectionTransform:
-    """The ``train`` transforms (resize, flip, ``data.augment``) or the ``val`` ones (resize only)."""
+    """The ``train`` transforms (multi-scale resize as ``data.min_size_sampling`` says, flip, ``data.augment``)
+    or the ``val`` ones (resize only)."""
     data = cfg.data
     if split != "train":
         return build_transforms(train=False, min_size=data.test_min_size, max_size=data.test_max_size,
@@ -75,7 +76,8 @@ def build_transforms_for(cfg: Config, split: str) -> DetectionTransform:
         size = aug.scale_jitter.size or [data.max_size, data.max_size]
         jitter = (aug.scale_jitter.prob, large_scale_jitter(size, aug.scale_jitter.scale_range, data.mean))
     return build_transforms(train=True, min_size=data.min_size, max_size=data.max_size, flip_prob=data.flip_prob,
-                            mean=data.mean, std=data.std, before_resize=before_resize, jitter=jitter,
+                            mean=data.mean, std=data.std, min_size_sampling=data.min_size_sampling,
+                            before_resize=before_resize, jitter=jitter,
                             min_box_size=aug.min_box_size if aug.crops else None)
 
 

@@ -8,7 +8,8 @@ which only trades memory for time. The micro-batches are slices of the collated,
 sees the same padding, anchors and augmentation as in the batch in one piece.
 
 Why the losses need care. Every loss term is S / N: a sum over the batch divided by a normaliser that is itself
-a sum over the batch (the positives N_pos, averaged over processes; ATSS's centerness sum; GFL's box-weight sum).
+a sum over the batch (the positives N_pos, averaged over processes; ATSS's centerness sum; the EFL improved
+baseline's IoU-target sum; GFL's box-weight sum).
 Averaging the micro-batch losses, sum_m S_m / N_m / M, is not S / N unless every micro-batch has the same
 normaliser. With ``schedule.accumulate_exact`` (the default) :class:`GradientAccumulator` therefore
 

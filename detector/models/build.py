@@ -73,7 +73,8 @@ def _tower(m: ModelConfig, in_channels: int) -> TowerSpec:
 def _inference(m: ModelConfig) -> InferenceParams:
     t = m.test
     return InferenceParams(score_thr=t.score_thr, topk_per_level=t.topk_per_level, nms_iou=t.nms_iou,
-                           max_dets=t.max_dets)
+                           max_dets=t.max_dets, score_thr_on=t.score_thr_on, quality_fusion=t.quality_fusion,
+                           topk_capped_at_anchors=t.topk_capped_at_anchors)
 
 
 def _anchor_head(m: ModelConfig, in_channels: int, num_anchors: int, num_levels: int) -> AnchorHead:
@@ -82,7 +83,8 @@ def _anchor_head(m: ModelConfig, in_channels: int, num_anchors: int, num_levels:
         assigner=ASSIGNERS[m.assigner.type](m.assigner),
         box_coder=DeltaBoxCoder(weights=tuple(m.box_coder.weights), clamp=m.box_coder.clamp),
         cls_loss=build_cls_loss(m), box_loss=build_box_loss(m), prior_prob=m.head.prior_prob,
-        quality_branch=m.head.quality_branch, scale_per_level=m.head.scale_per_level,
+        quality_branch=m.head.quality_branch, box_weighting=m.loss_box.weighting,
+        scale_per_level=m.head.scale_per_level,
         loss_weights=LossWeights(cls=m.loss_cls.weight, box=m.loss_box.weight, quality=m.head.quality_loss_weight),
         inference=_inference(m))
 

@@ -1,11 +1,19 @@
 """Inference post-processing shared by the dense heads, batched over images.
 
-1. per level, the top-k (class, anchor) scores of each image above the score threshold;
-2. the head decodes boxes for those candidates only;
-3. one class-aware NMS call for the whole batch (torchvision.ops.batched_nms, keyed by image and class);
-4. the best ``max_dets`` per image.
+1. detection scores (B, N, K): the class probability p = sigmoid(cls), fused with a quality branch's
+   q = sigmoid(quality) when the head has one (``quality_fusion``): sqrt(p q) (sfzhang15/ATSS) or p q
+   (United-Perception's EFL improved baseline);
+2. per level, the top-k (class, anchor) pairs of each image by that score among those passing the score
+   threshold, applied to the detection score itself (``score_thr_on: combined``) or to the class probability p
+   alone (``score_thr_on: class``, as both official codes do before the quality joins the ranking); k is
+   ``topk_per_level``, at most the level's anchors x classes, or at most its anchors (``topk_capped_at_anchors``,
+   the official EFL code);
+3. the head decodes boxes for those candidates only;
+4. one class-aware NMS call for the whole batch (torchvision.ops.batched_nms, keyed by image and class);
+5. the best ``max_dets`` per image.
 
-Boxes stay in the network-input frame; detector.evaluation.inference rescales them to the original images.
+Steps 1-2 are tensor operations without per-image loops (an export path runs the same code). Boxes stay in
+the network-input frame; detector.evaluation.inference rescales them to the original images.
 
 Everything runs in fp32 (fp16 NMS loses AP).
 """
@@ -19,14 +27,41 @@ from torch import Tensor
 from torchvision.ops import batched_nms
 
 
+SCORE_THRESHOLD_INPUTS = ("combined", "class")
+QUALITY_FUSIONS = ("sqrt", "product")
+
+
 @dataclass(frozen=True)
 class InferenceParams:
-    """The inference settings of a dense head (``model.test``): candidates scoring above ``score_thr``, at most
-    ``topk_per_level`` per level and image, class-aware NMS at IoU ``nms_iou``, the best ``max_dets`` per image."""
+    """The inference settings of a dense head (``model.test``): candidates passing ``score_thr`` (on the detection
+    score, or on the class probability with ``score_thr_on="class"``), at most ``topk_per_level`` per level and
+    image (and at most the level's anchor count with ``topk_capped_at_anchors``), class-aware NMS at IoU
+    ``nms_iou``, the best ``max_dets`` per image; ``quality_fusion`` combines the class probability with a quality
+    branch (sqrt(p q) or p q; no effect on heads without one)."""
     score_thr: float = 0.05
     topk_per_level: int = 1000
     nms_iou: float = 0.5
     max_dets: int = 100
+    score_thr_on: str = "combined"
+    quality_fusion: str = "sqrt"
+    topk_capped_at_anchors: bool = False
+
+    def __post_init__(self):
+        if self.score_thr_on not in SCORE_THRESHOLD_INPUTS:
+            raise ValueError(f"score_thr_on must be one of {SCORE_THRESHOLD_INPUTS}, got {self.score_thr_on!r}")
+        if self.quality_fusion not in QUALITY_FUSIONS:
+            raise ValueError(f"quality_fusion must be one of {QUALITY_FUSIONS}, got {self.quality_fusion!r}")
+        if self.topk_per_level < 1 or self.max_dets < 1:
+            raise ValueError(f"topk_per_level ({self.topk_per_level}) and max_dets ({self.max_dets}) must be >= 1")
+
+
+def fuse_quality(class_probs: Tensor, quality: Tensor | None, fusion: str) -> Tensor:
+    """Detection scores (B, N, K) from class probabilities p (B, N, K) and quality probabilities q (B, N):
+    p without a quality branch (q None), else sqrt(p q) (``fusion="sqrt"``) or p q (``"product"``)."""
+    if quality is None:
+        return class_probs
+    combined = class_probs * quality[..., None]  # (B, N, K)
+    return combined.sqrt_() if fusion == "sqrt" else combined
 
 
 @dataclass
@@ -37,17 +72,25 @@ class Candidates:
     scores: Tensor      # (N,) fp32
 
 
-def select_candidates(scores: Tensor, num_anchors_per_level: list[int], score_thr: float,
-                      topk_per_level: int) -> Candidates:
-    """Top-k per level and image of ``scores`` (B, A, K), keeping those above ``score_thr``."""
+def select_candidates(scores: Tensor, num_anchors_per_level: list[int], params: InferenceParams,
+                      threshold_scores: Tensor | None = None) -> Candidates:
+    """Per level and image, the top-k (anchor, class) pairs of ``scores`` (B, N, K) among those whose
+    ``threshold_scores`` (B, N, K; default ``scores`` itself) exceed ``params.score_thr``.
+
+    k = min(topk_per_level, A_l K), or min(topk_per_level, A_l) with ``topk_capped_at_anchors`` (A_l anchors in
+    level l, K classes). Pairs failing the threshold are ranked below every passing one (scores are >= 0) and
+    dropped after the top-k, so fewer than k pairs may remain; no per-image loop."""
+    threshold_scores = scores if threshold_scores is None else threshold_scores
     batch, _, num_classes = scores.shape
     parts = []
     start = 0
     for count in num_anchors_per_level:
         level = scores[:, start:start + count].reshape(batch, -1).float()  # (B, A_l * K)
-        k = min(topk_per_level, level.shape[1])
-        top_scores, top_idx = level.topk(k, dim=1)  # (B, k), sorted
-        keep = top_scores > score_thr
+        passed = threshold_scores[:, start:start + count].reshape(batch, -1) > params.score_thr  # (B, A_l * K)
+        ranked = level.masked_fill(~passed, -1.0)  # failing pairs rank last
+        k = min(params.topk_per_level, count if params.topk_capped_at_anchors else level.shape[1])
+        top_scores, top_idx = ranked.topk(k, dim=1)  # (B, k), sorted
+        keep = passed.gather(1, top_idx)  # (B, k)
         batch_idx = keep.nonzero()[:, 0]
         flat = top_idx[keep]
         parts.append((batch_idx, flat // num_classes + start, flat % num_classes, top_scores[keep]))

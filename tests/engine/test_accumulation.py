@@ -1,6 +1,7 @@
 """Gradient accumulation (detector.engine.accumulation): an accumulated step equals the step on the batch in one
 piece (frozen BatchNorm backbone, GroupNorm heads, fp32) for RetinaNet, ATSS (centerness normaliser), GFL (box-weight
-normaliser) and EFL (its ratio g held through the step); the cheaper per-micro-batch normalisation does not; the
+normaliser), EFL (its ratio g held through the step) and the EFL improved baseline (GIoU weighted by IoU targets,
+normalised by their sum); the cheaper per-micro-batch normalisation does not; the
 counting pass leaves BatchNorm statistics alone; exact resume with accumulation and augmentations on."""
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ MODELS = {
     "atss_centerness": ("quickstart_atss.yaml", ()),
     "gfl": ("quickstart_gfl.yaml", ()),
     "retinanet_efl": ("quickstart.yaml", ("model.loss_cls.type=equalized_focal",)),
+    # ATSS assignment, IoU branch, EFL, GIoU weighted by each positive's IoU target over the targets' sum
+    "efl_improved_baseline": ("quickstart_lvis_efl.yaml", ()),
 }
 
 

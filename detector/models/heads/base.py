@@ -7,20 +7,25 @@ non-ignored anchor; with N_pos the number of positive anchors in the batch avera
     loss_cls = w_cls * sum_{non-ignored anchors a, classes k} cls_loss(x_ak, y_ak) / N_pos
 
 Loss normalisers. Every loss term is a sum over the batch divided by a normaliser that is itself a sum over the
-batch (N_pos; the sum of centerness targets; GFL's sum of box weights), averaged over processes and clamped
-from below (:meth:`DenseHead.reduce_normalisers`). ``loss(outputs, targets, normalisers)`` accepts them from
+batch (N_pos; the sum of centerness or IoU targets; GFL's sum of box weights), averaged over processes and
+clamped from below (:meth:`DenseHead.reduce_normalisers`; the IoU-target sum is clamped before the division by
+the world size, as the official EFL code does). ``loss(outputs, targets, normalisers)`` accepts them from
 outside: gradient accumulation (:mod:`detector.engine.accumulation`) sums :meth:`DenseHead.loss_normaliser_sums`
 over the micro-batches of one step first, so each micro-batch is divided by the whole batch's normalisers and
 the micro-batch losses add up to the loss of the batch in one piece.
 
 where y is one-hot at each positive's class, or, for a classification loss with soft targets (QFL, EFL in its
 quality form), the IoU of the positive's decoded box with its ground truth (detached). Each head adds its own
-box (and quality / DFL) terms. Inference, for every head: scores (B, N, K) -> per-level top-k above the score
-threshold -> the head decodes boxes for those candidates only -> one batched class-aware NMS.
+box (and quality / DFL) terms. Inference, for every head: class probabilities p (B, N, K) and, with a quality
+branch, quality probabilities q (B, N) -> detection scores (p, sqrt(p q) or p q) -> per-level top-k by score
+among the pairs whose score (or p alone) passes the threshold -> the head decodes boxes for those candidates
+only -> one batched class-aware NMS (detector.models.postprocess).
 
 A head implements ``forward(features) -> (pred_logits, pred_regression, pred_quality)``, ``loss(outputs,
-targets)``, ``pred_scores(outputs)`` and ``decode_boxes(outputs, batch_idx, anchor_idx)``; the last two work on
-any subset of anchors, so an export path can decode all of them into fixed-layout tensors.
+targets)``, ``pred_class_probs(outputs)``, ``pred_quality_probs(outputs)`` (None without a quality branch) and
+``decode_boxes(outputs, batch_idx, anchor_idx)``; ``pred_scores(outputs)`` fuses the first two. They are tensor
+operations over any subset of anchors, so an export path can score and decode all of them into fixed-layout
+tensors with the same code.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from detector.assigners import IGNORE, assign_targets
 from detector.assigners.base import Assigner
 from detector.losses import ClassificationLoss
 from detector.models.outputs import DenseOutputs
-from detector.models.postprocess import InferenceParams, nms_per_image, select_candidates
-from detector.runtime.distributed import all_reduce_mean
+from detector.models.postprocess import InferenceParams, fuse_quality, nms_per_image, select_candidates
+from detector.runtime.distributed import all_reduce_sum, get_world_size
 
 __all__ = ["DenseHead", "LossWeights", "Positives"]
 
@@ -65,10 +70,12 @@ class DenseHead(nn.Module, ABC):
     """Assignment, positives, classification loss and inference post-processing of a dense head.
 
     ``normaliser_minimums``: the lower clamp of each loss normaliser (after averaging over processes), by name;
-    a head adds its own normalisers to N_pos's.
+    a head adds its own normalisers to N_pos's. ``normalisers_clamped_as_totals``: the names whose sum over
+    processes is clamped first and then divided by the world size, max(S, m) / W instead of max(S / W, m).
     """
 
     normaliser_minimums: dict[str, float] = {"num_pos": 1.0}
+    normalisers_clamped_as_totals: frozenset[str] = frozenset()
 
     def __init__(self, *, num_classes: int, assigner: Assigner, cls_loss: ClassificationLoss,
                  loss_weights: LossWeights, inference: InferenceParams):
@@ -104,10 +111,19 @@ class DenseHead(nn.Module, ABC):
 
     def reduce_normalisers(self, sums: dict[str, Tensor]) -> dict[str, Tensor]:
         """Average each sum over processes (one all-reduce for all of them) and clamp it from below
-        (:attr:`normaliser_minimums`): the normalisers :meth:`loss` divides by."""
+        (:attr:`normaliser_minimums`; :attr:`normalisers_clamped_as_totals` before the averaging): the
+        normalisers :meth:`loss` divides by."""
         names = sorted(sums)
-        averaged = all_reduce_mean(torch.stack([sums[name] for name in names]))  # (len(names),)
-        return {name: averaged[index].clamp(min=self.normaliser_minimums[name]) for index, name in enumerate(names)}
+        totals = all_reduce_sum(torch.stack([sums[name].float() for name in names]))  # (len(names),)
+        world_size = get_world_size()
+        reduced = {}
+        for index, name in enumerate(names):
+            minimum = self.normaliser_minimums[name]
+            if name in self.normalisers_clamped_as_totals:
+                reduced[name] = totals[index].clamp(min=minimum) / world_size
+            else:
+                reduced[name] = (totals[index] / world_size).clamp(min=minimum)
+        return reduced
 
     @abstractmethod
     def normaliser_sums(self, outputs: DenseOutputs, pos: Positives) -> dict[str, Tensor]:
@@ -120,8 +136,17 @@ class DenseHead(nn.Module, ABC):
         ``normalisers`` (reduced, as :meth:`reduce_normalisers` returns them) replace the batch's own."""
 
     @abstractmethod
+    def pred_class_probs(self, outputs: DenseOutputs) -> Tensor:
+        """Class probabilities sigmoid(cls) (B, N, K) in fp32 (GFL: its joint class-IoU score)."""
+
+    def pred_quality_probs(self, outputs: DenseOutputs) -> Tensor | None:
+        """Quality probabilities sigmoid(quality) (B, N) in fp32 of a quality branch, or None (no branch)."""
+        return None
+
     def pred_scores(self, outputs: DenseOutputs) -> Tensor:
-        """Detection scores (B, N, K) in fp32."""
+        """Detection scores (B, N, K) in fp32: the class probability, fused with the quality (``quality_fusion``)."""
+        return fuse_quality(self.pred_class_probs(outputs), self.pred_quality_probs(outputs),
+                            self.inference.quality_fusion)
 
     @abstractmethod
     def decode_boxes(self, outputs: DenseOutputs, batch_idx: Tensor, anchor_idx: Tensor) -> Tensor:
@@ -131,7 +156,9 @@ class DenseHead(nn.Module, ABC):
     def predict(self, outputs: DenseOutputs) -> list[dict]:
         """Detections per image: ``boxes`` (M, 4) xyxy in input pixels, ``scores`` (M,), ``labels`` (M,)."""
         params = self.inference
-        scores = self.pred_scores(outputs)  # (B, N, K)
-        candidates = select_candidates(scores, outputs.num_anchors_per_level, params.score_thr, params.topk_per_level)
+        class_probs = self.pred_class_probs(outputs)  # (B, N, K)
+        scores = fuse_quality(class_probs, self.pred_quality_probs(outputs), params.quality_fusion)  # (B, N, K)
+        threshold_scores = class_probs if params.score_thr_on == "class" else scores
+        candidates = select_candidates(scores, outputs.num_anchors_per_level, params, threshold_scores)
         boxes = self.decode_boxes(outputs, candidates.batch_idx, candidates.anchor_idx)
         return nms_per_image(boxes, candidates, scores.shape[0], outputs.image_size, params.nms_iou, params.max_dets)

@@ -98,8 +98,8 @@ class GFLHead(DenseHead):
             losses["loss_dfl"] = weights.dfl * (dfl * weight).sum() / norm["box_weight"]
         return losses
 
-    def pred_scores(self, outputs: DenseOutputs) -> Tensor:
-        """sigmoid of the joint class-IoU logits (B, N, K)."""
+    def pred_class_probs(self, outputs: DenseOutputs) -> Tensor:
+        """sigmoid of the joint class-IoU logits (B, N, K): the detection score itself (no quality branch)."""
         return outputs.pred_logits.float().sigmoid()
 
     def decode_boxes(self, outputs: DenseOutputs, batch_idx: Tensor, anchor_idx: Tensor) -> Tensor:
