@@ -14,8 +14,10 @@ import logging
 
 import torch
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from detector.config_schema import Config, DatasetConfig
+from detector.data.augment import IoUCrop, RandomAreaCrop, large_scale_jitter
 from detector.data.coco import CocoDetection
 from detector.data.collate import DetectionCollator
 from detector.data.lvis import LVISDetection
@@ -25,7 +27,7 @@ from detector.data.samplers import GroupedBatchSampler
 from detector.data.seeded import SeededDataset
 from detector.data.synthetic import ensure_synthetic_coco
 from detector.data.synthetic_lvis import ensure_synthetic_lvis
-from detector.data.transforms import build_transforms
+from detector.data.transforms import DetectionTransform, build_transforms
 from detector.runtime.seeding import make_generator, make_worker_init_fn
 
 logger = logging.getLogger(__name__)
@@ -54,15 +56,41 @@ def prepare_synthetic_data(cfg: Config) -> None:
 DATASETS = {"coco": CocoDetection, "lvis": LVISDetection}
 
 
+def build_transforms_for(cfg: Config, split: str) -> DetectionTransform:
+    """The ``train`` transforms (multi-scale resize as ``data.min_size_sampling`` says, flip, ``data.augment``)
+    or the ``val`` ones (resize only)."""
+    data = cfg.data
+    if split != "train":
+        return build_transforms(train=False, min_size=data.test_min_size, max_size=data.test_max_size,
+                                flip_prob=data.flip_prob, mean=data.mean, std=data.std)
+    aug = data.augment
+    before_resize: list[v2.Transform] = []
+    if aug.photometric.prob > 0:
+        photo = aug.photometric
+        before_resize.append(v2.RandomApply([v2.ColorJitter(photo.brightness, photo.contrast, photo.saturation,
+                                                            photo.hue)], p=photo.prob))
+    if aug.iou_crop.prob > 0:
+        crop = aug.iou_crop
+        before_resize.append(IoUCrop(crop.prob, crop.min_scale, crop.max_scale, crop.min_aspect_ratio,
+                                     crop.max_aspect_ratio, crop.min_ious, crop.trials))
+    if aug.random_resized_crop.prob > 0:
+        area = aug.random_resized_crop
+        before_resize.append(RandomAreaCrop(area.prob, area.scale, area.ratio))
+    jitter = None
+    if aug.scale_jitter.prob > 0:
+        size = aug.scale_jitter.size or [data.max_size, data.max_size]
+        jitter = (aug.scale_jitter.prob, large_scale_jitter(size, aug.scale_jitter.scale_range, data.mean))
+    return build_transforms(train=True, min_size=data.min_size, max_size=data.max_size, flip_prob=data.flip_prob,
+                            mean=data.mean, std=data.std, min_size_sampling=data.min_size_sampling,
+                            before_resize=before_resize, jitter=jitter,
+                            min_box_size=aug.min_box_size if aug.crops else None)
+
+
 def build_dataset(cfg: Config, split: str) -> CocoDetection | LVISDetection:
     """The ``train`` or ``val`` dataset with its transforms."""
     dataset_cfg: DatasetConfig = getattr(cfg.data, split)
     data = cfg.data
-    train = split == "train"
-    transforms = build_transforms(train=train, min_size=data.min_size if train else data.test_min_size,
-                                  max_size=data.max_size if train else data.test_max_size,
-                                  flip_prob=data.flip_prob, mean=data.mean, std=data.std,
-                                  min_size_sampling=data.min_size_sampling)
+    transforms = build_transforms_for(cfg, split)
     ann_file, img_dir = dataset_cfg.ann_file, dataset_cfg.img_dir
     dataset = DATASETS[dataset_cfg.format](ann_file, img_dir, transforms=transforms,
                                            filter_empty=dataset_cfg.filter_empty, on_bad_image=data.on_bad_image,
