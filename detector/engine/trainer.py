@@ -1,30 +1,28 @@
 """The training loop: iteration-based, epoch-aware, single- or multi-process, resumable exactly.
 
 One call, ``train(cfg, work_dir, resume)``, does the whole run:
-  data -> model (DDP when launched by torchrun) -> optimizer + warm-up lr schedule (engine/recipe.py) -> loop
-  (AMP, gradient clipping, non-finite steps skipped) -> logging (tqdm, TensorBoard, metrics.jsonl)
-  -> checkpoints (last.pt + every N iterations) -> evaluation (every N iterations and at the end; TensorBoard
-  images of the first val images' detections and per-class PR curves).
+  data -> model (DDP under torchrun) -> optimizer + warm-up lr schedule (engine/recipe.py) -> loop (AMP, gradient
+  clipping, non-finite steps skipped) -> logging (tqdm, TensorBoard, metrics.jsonl) -> checkpoints (last.pt +
+  every N iterations) -> evaluation (every N iterations and at the end; TensorBoard detections and PR curves).
 
 The schedule is counted in iterations. With ``schedule.epochs`` the length and ``schedule.steps`` are
 converted with the sampler's batches per epoch, as is ``schedule.warmup_epochs`` (with repeat-factor sampling
-an epoch is the resampled list); ``schedule.max_iters`` caps the iterations actually run
-(the learning-rate schedule keeps the full length, so a capped run is the head of the full run).
+an epoch is the resampled list); ``schedule.max_iters`` caps the iterations run (the lr schedule keeps the full
+length, so a capped run is the head of the full run).
 
 Exact resume. A checkpoint holds the model (EFL statistics are model buffers), optimizer, scheduler,
 GradScaler, the iteration (which fixes the sampler's epoch and position), the skipped-step counters,
 every process's RNG states and, when on, the EMA weights (engine/ema.py) and the best-metric tracker, plus the
 metadata that lets the file be used alone (config, class names: :mod:`detector.predict.checkpoints`). Each
-sample's augmentation is seeded from (runtime.seed, epoch, position)
-(:mod:`detector.data.seeded`), so N iterations + resume + N iterations give the same weights as 2N in one go
-(bit for bit with ``runtime.deterministic`` on the CPU), with any ``data.num_workers``.
+sample's augmentation is seeded from (runtime.seed, epoch, position) (:mod:`detector.data.seeded`), so N
+iterations + resume + N iterations give the same weights as 2N in one go (bit for bit with
+``runtime.deterministic`` on the CPU), with any ``data.num_workers``.
 
 Stopping. SIGTERM / SIGINT set a flag; the step in flight finishes, every process agrees on the flag (it
 rides in the one small all-reduce that each step already makes to agree on skipping non-finite steps),
 last.pt is written and :class:`TrainingInterrupted` is raised. A second SIGINT aborts at once. More than
 ``runtime.max_consecutive_nonfinite`` non-finite steps in a row raise :class:`NonFiniteLossError` without
-writing a checkpoint, so last.pt stays the last good state.
-"""
+writing a checkpoint, so last.pt stays the last good state."""
 
 from __future__ import annotations
 
@@ -347,8 +345,7 @@ class Trainer:
 
     def log_step(self, step: StepResult, meters: MeterGroup, bar: tqdm) -> None:
         values = reduce_loss_dict({**step.losses, "grad_norm": step.grad_norm})  # one all-reduce, one host copy
-        values.update(meters.medians(), lr=self.optimizer.param_groups[0]["lr"],
-                      skipped_steps=self.num_skipped_steps)
+        values.update(meters.medians(), lr=self.optimizer.param_groups[0]["lr"], skipped_steps=self.num_skipped_steps)
         self.metrics_log.log(self.iteration, values)
         bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2g}")
 
