@@ -212,6 +212,9 @@ class _Validator:
             args = typing.get_args(tp)
             if value is None and type(None) in args:
                 return None
+            sections = [a for a in args if dataclasses.is_dataclass(a)]
+            if isinstance(value, dict) and len(sections) == 1:  # a section or null: the section's own errors
+                return self.build(sections[0], value, dotted)
             for arg in (a for a in args if a is not type(None)):
                 try:
                     return self.convert(arg, value, dotted)

@@ -143,13 +143,21 @@ def nms_per_image(boxes: Tensor, candidates: Candidates, num_images: int, image_
 
     Returns one dict per image: ``boxes`` (N, 4) xyxy, ``scores`` (N,), ``labels`` (N,).
     """
-    bounds = image_sizes.to(device=boxes.device, dtype=torch.float32)[candidates.batch_idx]  # (N, 2) (h, w)
+    return clip_nms_per_image(boxes, candidates.scores, candidates.labels, candidates.batch_idx, num_images,
+                              image_sizes, nms_iou, max_dets)
+
+
+def clip_nms_per_image(boxes: Tensor, scores: Tensor, labels: Tensor, batch_idx: Tensor, num_images: int,
+                       image_sizes: Tensor, nms_iou: float, max_dets: int) -> list[dict]:
+    """:func:`nms_per_image` on plain tensors: ``boxes`` (N, 4) xyxy, ``scores`` (N,), ``labels`` (N,) and the image
+    of each, ``batch_idx`` (N,) in [0, num_images); also merges test-time augmented views
+    (:mod:`detector.evaluation.tta`)."""
+    bounds = image_sizes.to(device=boxes.device, dtype=torch.float32)[batch_idx]  # (N, 2) (h, w)
     upper = bounds[:, [1, 0, 1, 0]]  # (N, 4): x <= w, y <= h
     boxes = torch.minimum(boxes.float().clamp(min=0), upper)  # (N, 4)
-    num_classes = int(candidates.labels.max()) + 1 if len(candidates.labels) else 1
-    keep = grouped_nms(boxes, candidates.scores, candidates.batch_idx * num_classes + candidates.labels,
-                       nms_iou)  # sorted by decreasing score
-    image_of_kept = candidates.batch_idx[keep]
+    num_classes = int(labels.max()) + 1 if len(labels) else 1
+    keep = grouped_nms(boxes, scores, batch_idx * num_classes + labels, nms_iou)  # sorted by decreasing score
+    image_of_kept = batch_idx[keep]
     order = torch.sort(image_of_kept, stable=True).indices  # grouped by image, still by score inside
     keep, image_of_kept = keep[order], image_of_kept[order]
     counts = torch.bincount(image_of_kept, minlength=num_images)  # (B,)
@@ -159,5 +167,4 @@ def nms_per_image(boxes: Tensor, candidates: Candidates, num_images: int, image_
     keep, image_of_kept = keep[selected], image_of_kept[selected]
     sizes = torch.bincount(image_of_kept, minlength=num_images).tolist()
     return [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(
-        boxes[keep].split(sizes), candidates.scores[keep].split(sizes), candidates.labels[keep].split(sizes))]
-
+        boxes[keep].split(sizes), scores[keep].split(sizes), labels[keep].split(sizes))]
