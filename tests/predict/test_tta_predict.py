@@ -105,4 +105,4 @@ def test_eval_with_tta(trained, tmp_path):
     one_view = evaluate("one_view", "evaluation.tta={flips: [false]}")
     assert one_view == plain  # the test size, not mirrored: the evaluation without TTA exactly
     metrics, results = evaluate("tta", "evaluation.tta={scales: [48, 64], flips: [false, true]}")
-    assert 0 <= metrics["AP"] <= 1 and len(results) > len(plain[1])
+    assert 0 <= metrics["AP"] <= 1 and len(results) == len(plain[1]) and results != plain[1]  # max_dets each
