@@ -161,7 +161,8 @@ def test_config_defaults_and_resolution():
     ("evaluation.tta.scales=[800, 800]", "distinct positive sizes"),
     ("evaluation.tta.scales=[]", "'evaluation.tta.scales'"),
     ("evaluation.tta.scales=[640.5]", "'evaluation.tta.scales' (set in --opts"),
-    ("evaluation.tta.flips=[0, 1]", "'evaluation.tta.flips[0]' (set in --opts evaluation.tta.flips=[0, 1]) must be bool"),
+    ("evaluation.tta.flips=[0, 1]", "'evaluation.tta.flips[0]' (set in --opts evaluation.tta.flips=[0, 1]) must be "
+                                    "bool"),
     ("evaluation.tta.flips=[true, true]", "'evaluation.tta.flips'"),
     ("evaluation.tta.flips=[]", "'evaluation.tta.flips'"),
     ("evaluation.tta.max_size=0", "'evaluation.tta.max_size'"),

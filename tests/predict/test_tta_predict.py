@@ -5,7 +5,6 @@ image is the mirror of the flip TTA of the image, bad tta arguments are named.""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
