@@ -1,6 +1,7 @@
 """The config schema: every key a YAML file may set, its type, default and meaning.
 
-The ``model`` section lives in :mod:`detector.model_schema`; data, schedule, runtime and evaluation here.
+The ``model`` section lives in :mod:`detector.model_schema`, ``schedule`` in :mod:`detector.config_schedule` and
+``data.augment`` in :mod:`detector.config_augment`; the rest of data, runtime and evaluation here.
 Defaults follow the RetinaNet paper's R50-FPN 1x COCO setting (see README "Config reference").
 ``Config.check()`` holds the rules that span several keys.
 """
@@ -11,12 +12,19 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+# The schedule section and data.augment live in their own modules, the model section in detector.model_schema
+# (this one would pass 400 lines); they are imported here so that every section of the schema can be imported
+# from this module.
+from detector.config_augment import AugmentConfig
+from detector.config_schedule import ScheduleConfig
 from detector.model_schema import (AnchorConfig, AssignerConfig, BackboneConfig, BoxCoderConfig, BoxLossConfig,
                                    ClsLossConfig, HeadConfig, ModelConfig, NeckConfig, TestConfig)
 
 __all__ = ["AnchorConfig", "AssignerConfig", "BackboneConfig", "BoxCoderConfig", "BoxLossConfig", "ClsLossConfig",
            "HeadConfig", "ModelConfig", "NeckConfig", "TestConfig", "DatasetConfig", "SyntheticConfig",
-           "TTAConfig", "EvaluationConfig", "DataConfig", "ScheduleConfig", "RuntimeConfig", "Config"]
+           "TTAConfig", "EvaluationConfig", "AugmentConfig", "DataConfig", "ScheduleConfig", "RuntimeConfig",
+           "Config"]
+
 
 @dataclass(frozen=True)
 class DatasetConfig:
@@ -90,6 +98,8 @@ class EvaluationConfig:
     # precision-recall curves (rank 0 only).
     tensorboard_images: int = 4
     tensorboard_pr_curves: bool = True
+    # Keep checkpoints/best.pt at the evaluation with the highest value of this metric (null: no best.pt).
+    save_best: Optional[Literal["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"]] = None
     # Test-time augmentation for evaluation and Detector.predict: null (off) or {scales, flips, max_size}
     # (TTAConfig); off in the paper configs.
     tta: Optional[TTAConfig] = None
@@ -117,11 +127,16 @@ class DataConfig:
     test_min_size: int = 800
     test_max_size: int = 1333
     flip_prob: float = 0.5
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training only; all off by default
     mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
     size_divisor: int = 32
     aspect_ratio_grouping: bool = True
     on_bad_image: Literal["error", "skip"] = "error"
+    # Apply a JPEG's EXIF orientation tag when reading train / val images, so phone photos are upright as viewers
+    # show them (and as they were annotated); false keeps the stored pixel grid. Images without the tag (COCO,
+    # LVIS) read the same either way.
+    exif_orientation: bool = True
 
     def __post_init__(self):
         if self.batch_size < 1 or self.test_batch_size < 1 or self.num_workers < 0:
@@ -138,40 +153,16 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ScheduleConfig:
-    # Give the length in epochs or in iterations (set the other to null); steps are in the same unit.
-    epochs: Optional[int] = 12
-    iters: Optional[int] = None
-    steps: list[int] = field(default_factory=lambda: [8, 11])
-    max_iters: Optional[int] = None  # a cap on the iterations actually run (for quick checks)
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    no_decay_norm_bias: bool = False
-    gamma: float = 0.1
-    # Linear warm-up from warmup_factor * lr, in iterations or in epochs (converted with the sampler's batches
-    # per epoch, like epochs and steps; with repeat-factor sampling an epoch is the resampled list). At most
-    # one of the two may be non-zero.
-    warmup_iters: int = 500
-    warmup_epochs: int = 0
-    warmup_factor: float = 0.001
-    clip_grad_norm: Optional[float] = None
+class EMAConfig:
+    # Exponential moving average of the weights, evaluated and checkpointed when on (detector/engine/ema.py):
+    # d_t = decay * (1 - exp(-t / warmup)) at update t; decay 0 turns it off.
+    decay: float = 0.0
+    warmup: int = 2000  # updates (optimiser steps)
 
     def __post_init__(self):
-        if (self.epochs is None) == (self.iters is None):
-            raise ValueError("schedule needs exactly one of epochs and iters (set the other to null)")
-        length = self.epochs if self.epochs is not None else self.iters
-        if length < 1:
-            raise ValueError(f"schedule length must be >= 1, got {length}")
-        if any(s < 0 or s > length for s in self.steps) or list(self.steps) != sorted(self.steps):
-            raise ValueError(f"schedule.steps must be increasing and within the schedule, got {self.steps}")
-        if self.max_iters is not None and self.max_iters < 1:
-            raise ValueError(f"schedule.max_iters must be >= 1, got {self.max_iters}")
-        if self.lr <= 0 or self.warmup_iters < 0 or self.warmup_epochs < 0 or not 0 < self.warmup_factor <= 1:
-            raise ValueError("schedule.lr must be > 0, warmup_iters and warmup_epochs >= 0, warmup_factor in (0, 1]")
-        if self.warmup_iters and self.warmup_epochs:
-            raise ValueError(f"schedule.warmup_epochs ({self.warmup_epochs}) and schedule.warmup_iters "
-                             f"({self.warmup_iters}) both give the warm-up length: set one of them to 0")
+        if not 0.0 <= self.decay < 1.0 or self.warmup < 0:
+            raise ValueError(f"runtime.ema needs decay in [0, 1) (0: off) and warmup >= 0, got decay {self.decay}, "
+                             f"warmup {self.warmup}")
 
 
 @dataclass(frozen=True)
@@ -193,6 +184,9 @@ class RuntimeConfig:
     auto_resume: bool = False
     # Stop (exit non-zero, last good checkpoint kept) after more non-finite losses / gradients in a row.
     max_consecutive_nonfinite: int = 5
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    # Stop after this many evaluations in a row without a better evaluation.save_best (null: never).
+    early_stop_patience: Optional[int] = None
 
     def __post_init__(self):
         if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):
@@ -203,6 +197,9 @@ class RuntimeConfig:
             raise ValueError("runtime.log_interval must be >= 1; checkpoint and eval intervals >= 0")
         if self.max_consecutive_nonfinite < 0:
             raise ValueError(f"runtime.max_consecutive_nonfinite must be >= 0, got {self.max_consecutive_nonfinite}")
+        if self.early_stop_patience is not None and self.early_stop_patience < 1:
+            raise ValueError(f"runtime.early_stop_patience must be >= 1 evaluations (or null), got "
+                             f"{self.early_stop_patience}")
 
 
 @dataclass(frozen=True)
@@ -217,4 +214,15 @@ class Config:
         """Rules that span sections; raises ValueError naming the keys."""
         if self.data.synthetic.enabled and self.data.synthetic.num_classes != self.model.num_classes:
             raise ValueError(f"data.synthetic.num_classes ({self.data.synthetic.num_classes}) must equal "
-                             f"model.num_classes ({self.model.num_classes})")
+                             f"model.num_classes ({self.model.num_classes}); to train on your own data set "
+                             "data.synthetic.enabled: false, or give both data.train.ann_file and "
+                             "data.val.ann_file outside data.synthetic.root (the generator then turns off)")
+        if self.runtime.early_stop_patience is not None and self.evaluation.save_best is None:
+            raise ValueError("runtime.early_stop_patience needs evaluation.save_best (the metric that must improve)")
+        if self.evaluation.save_best in ("APr", "APc", "APf") and self.data.val.format != "lvis":
+            raise ValueError(f"evaluation.save_best {self.evaluation.save_best} is an LVIS metric; data.val.format "
+                             f"is {self.data.val.format}")
+        if self.data.batch_size % self.schedule.accumulate:
+            raise ValueError(f"data.batch_size ({self.data.batch_size}) must be divisible by schedule.accumulate "
+                             f"({self.schedule.accumulate}): each optimiser step splits the batch into that many "
+                             "micro-batches")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,9 @@ class ModelConfig:
     # retinanet and atss build the same anchor head (the atss configs switch on its ATSS options);
     # gfl builds the Generalized Focal Loss head.
     type: Literal["retinanet", "atss", "gfl"] = "retinanet"
-    num_classes: int = 80
+    # A number, or auto: the number of categories in data.train.ann_file (data.synthetic.num_classes when the
+    # synthetic generator is on), resolved when the config is loaded (detector/config_resolve.py).
+    num_classes: Union[int, Literal["auto"]] = 80
     # A focaldet checkpoint whose model weights initialise the whole detector (fine-tuning, e.g. weights
     # converted by tools/convert_torchvision.py); entries whose shape differs (another class count) keep
     # their initialisation. null: random init plus backbone.weights.
@@ -202,7 +204,7 @@ class ModelConfig:
     test: TestConfig = field(default_factory=TestConfig)
 
     def __post_init__(self):
-        if self.num_classes < 1:
+        if self.num_classes != "auto" and self.num_classes < 1:
             raise ValueError(f"model.num_classes must be >= 1, got {self.num_classes}")
         box, head = self.loss_box.type, self.head
         if self.type == "gfl":

@@ -16,12 +16,12 @@ unreadable image, met only by the process whose shard holds it, is printed by th
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable, Iterable
 
 from torch import nn
 
+from detector.cli.args import add_config_argument, add_opts_argument, tool_parser
 from detector.config import ConfigError, load_config
 from detector.config_schema import Config
 from detector.data.detection_dataset import BadImageError
@@ -41,19 +41,6 @@ EXIT_BAD_CONFIG = 2
 BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, CheckpointError, BadImageError)
 # Errors that one process meets alone (its own shard of the data), so every process reports its own.
 PER_PROCESS_ERRORS: tuple[type[BaseException], ...] = (BadImageError,)
-
-def tool_parser(description: str | None) -> argparse.ArgumentParser:
-    """An argument parser whose help shows the tool's module docstring as written."""
-    return argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-def add_config_argument(parser: argparse.ArgumentParser, help_text: str = "YAML config file") -> None:
-    parser.add_argument("config", help=help_text)
-
-
-def add_opts_argument(parser: argparse.ArgumentParser, help_text: str = "config overrides") -> None:
-    """``--opts KEY=VALUE ...``: YAML-typed config overrides (e.g. schedule.max_iters=100 data.min_size=[512])."""
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help=help_text)
 
 
 def start_logging(rank: int = 0) -> None:

@@ -25,13 +25,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "decode_image_file", "read_image", "describe_source"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageReadError", "decode_image_file", "exif_orientation_tag", "read_image",
+           "describe_source"]
 
 # Extensions a folder search picks up (lower case).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 # torchvision's decoders prefix their messages with "function, /path/to/file.cpp:123, ".
 _CPP_LOCATION = re.compile(r"^[\w:() ]*, \S+\.(?:cpp|h|c):\d+, ")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_EXIF_ORIENTATION = 0x0112  # the EXIF tag holding the orientation
 
 
 class ImageReadError(ValueError):
@@ -61,15 +63,18 @@ def _pil_to_tensor(image: Image.Image, exif_orientation: bool) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
 
 
-def decode_image_file(path: str | os.PathLike, exif_orientation: bool = True) -> torch.Tensor:
-    """Decode an image file as uint8 RGB (3, H, W); ImageReadError names the file when it cannot."""
+def decode_image_file(path: str | os.PathLike, exif_orientation: bool = True, name: str | None = None) -> torch.Tensor:
+    """Decode an image file as uint8 RGB (3, H, W); ImageReadError names the file (as ``name``, default the path)
+    when it cannot."""
     path = os.fspath(path)
+    name = path if name is None else name
     with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of TorchCodec
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
         try:
             data = read_file(path)
         except (RuntimeError, OSError) as err:
-            raise ImageReadError(f"cannot read image {path}: {_CPP_LOCATION.sub('', str(err))}") from err
+            verb = "decode" if os.path.isfile(path) else "read"  # an empty file is there but holds no image
+            raise ImageReadError(f"cannot {verb} image {name}: {_CPP_LOCATION.sub('', str(err))}") from err
         try:
             return _to_rgb_uint8(decode_image(data, mode=ImageReadMode.RGB, apply_exif_orientation=exif_orientation))
         except (RuntimeError, ValueError) as err:  # a format torchvision does not decode, or a broken file
@@ -79,7 +84,19 @@ def decode_image_file(path: str | os.PathLike, exif_orientation: bool = True) ->
             image.load()
             return _pil_to_tensor(image, exif_orientation)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise ImageReadError(f"cannot decode image {path}: {torchvision_error}; PIL: {err}") from err
+        raise ImageReadError(f"cannot decode image {name}: {torchvision_error}; PIL: {err}") from err
+
+
+def exif_orientation_tag(path: str | os.PathLike) -> int | None:
+    """The EXIF orientation (1-8) a file declares, or None when it has none (or cannot be read by PIL).
+
+    1 is upright; 6 and 8 store the picture turned by 90 degrees, so the pixel grid is W x H of what viewers show."""
+    try:
+        with Image.open(path) as image:
+            value = image.getexif().get(_EXIF_ORIENTATION)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        return None
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else None
 
 
 def _array_to_tensor(array: np.ndarray) -> torch.Tensor:

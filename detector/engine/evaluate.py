@@ -81,7 +81,8 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device, results_
     loader = build_val_loader(cfg, rank=get_rank(), world_size=get_world_size())
     check_evaluable(loader.dataset)  # every process alike, before the inference it would waste
     was_training = model.training
-    results = run_inference(build_tta(model, cfg.evaluation.tta, cfg), loader, device, amp_dtype=resolve_amp_dtype(cfg.runtime.amp, device),
+    inference_model = build_tta(model, cfg.evaluation.tta, cfg)  # the model itself when evaluation.tta is null
+    results = run_inference(inference_model, loader, device, amp_dtype=resolve_amp_dtype(cfg.runtime.amp, device),
                             progress=progress and is_main_process())
     model.train(was_training)
     if cfg.data.val.format == "lvis" and get_world_size() > 1:

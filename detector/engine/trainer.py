@@ -1,7 +1,7 @@
 """The training loop: iteration-based, epoch-aware, single- or multi-process, resumable exactly.
 
 One call, ``train(cfg, work_dir, resume)``, does the whole run:
-  data -> model (DDP when launched by torchrun) -> SGD + warm-up multi-step schedule -> loop
+  data -> model (DDP when launched by torchrun) -> optimizer + warm-up lr schedule (engine/recipe.py) -> loop
   (AMP, gradient clipping, non-finite steps skipped) -> logging (tqdm, TensorBoard, metrics.jsonl)
   -> checkpoints (last.pt + every N iterations) -> evaluation (every N iterations and at the end; TensorBoard
   images of the first val images' detections and per-class PR curves).
@@ -12,9 +12,10 @@ an epoch is the resampled list); ``schedule.max_iters`` caps the iterations actu
 (the learning-rate schedule keeps the full length, so a capped run is the head of the full run).
 
 Exact resume. A checkpoint holds the model (EFL statistics are model buffers), optimizer, scheduler,
-GradScaler, the iteration (which fixes the sampler's epoch and position), the skipped-step counters and
-every process's RNG states, plus the metadata that lets the file be used alone (config, class names:
-:mod:`detector.predict.checkpoints`). Each sample's augmentation is seeded from (runtime.seed, epoch, position)
+GradScaler, the iteration (which fixes the sampler's epoch and position), the skipped-step counters,
+every process's RNG states and, when on, the EMA weights (engine/ema.py) and the best-metric tracker, plus the
+metadata that lets the file be used alone (config, class names: :mod:`detector.predict.checkpoints`). Each
+sample's augmentation is seeded from (runtime.seed, epoch, position)
 (:mod:`detector.data.seeded`), so N iterations + resume + N iterations give the same weights as 2N in one go
 (bit for bit with ``runtime.deterministic`` on the CPU), with any ``data.num_workers``.
 
@@ -27,7 +28,6 @@ writing a checkpoint, so last.pt stays the last good state.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import time
@@ -42,13 +42,16 @@ from tqdm import tqdm
 from detector.config import save_config
 from detector.config_schema import Config
 from detector.data.build import build_train_loader, prepare_synthetic_data
+from detector.engine.accumulation import GradientAccumulator, amp_autocast
+from detector.engine.best_checkpoint import BEST_KEY, BEST_NAME, BestTracker
+from detector.engine.ema import EMA_KEY, ModelEMA
 from detector.engine.evaluate import evaluate_model
-from detector.engine.lr_schedule import WarmupMultiStepLR
 from detector.engine.model_setup import build_training_model
-from detector.engine.optim import build_optimizer, load_optimizer_state
+from detector.engine.optim import load_optimizer_state
+from detector.engine.recipe import build_lr_scheduler, build_training_optimizer, schedule_length
 from detector.engine.stopping import NonFiniteLossError, StopSignal, TrainingInterrupted
 from detector.predict.checkpoints import build_checkpoint_meta
-from detector.runtime.checkpoint import CheckpointError, CheckpointManager, load_checkpoint
+from detector.runtime.checkpoint import CheckpointError, CheckpointManager, load_checkpoint, save_checkpoint
 from detector.runtime.device import resolve_amp_dtype, resolve_device
 from detector.runtime.distributed import (all_reduce_sum, barrier, get_rank, get_world_size, init_distributed,
                                           is_distributed, is_main_process, reduce_loss_dict)
@@ -57,24 +60,6 @@ from detector.runtime.model_state import load_model_state, unwrap_model
 from detector.runtime.seeding import capture_rng_state, restore_rng_state, seed_everything
 
 logger = logging.getLogger("detector.engine")
-
-
-@dataclass
-class ScheduleLength:
-    iters_per_epoch: int
-    total_iters: int      # the schedule's full length
-    run_iters: int        # what this run executes (capped by schedule.max_iters)
-    milestones: list[int]
-    warmup_iters: int     # schedule.warmup_iters, or schedule.warmup_epochs * iters_per_epoch
-
-
-def schedule_length(cfg: Config, iters_per_epoch: int) -> ScheduleLength:
-    s = cfg.schedule
-    unit = iters_per_epoch if s.epochs is not None else 1
-    total = (s.epochs if s.epochs is not None else s.iters) * unit
-    run = min(total, s.max_iters) if s.max_iters is not None else total
-    warmup = s.warmup_epochs * iters_per_epoch if s.warmup_epochs else s.warmup_iters
-    return ScheduleLength(iters_per_epoch, total, run, [step * unit for step in s.steps], warmup)
 
 
 @dataclass
@@ -125,17 +110,19 @@ class Trainer:
         train_set = self.loader.dataset.dataset  # inside the SeededDataset: class names and category ids
         self.meta = build_checkpoint_meta(cfg, train_set.class_names, train_set.cat_ids)  # in every checkpoint
         self.length = schedule_length(cfg, self.sampler.num_batches_per_epoch)
-        s = cfg.schedule
-        self.optimizer = build_optimizer(model, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
-                                         no_decay_norm_bias=s.no_decay_norm_bias,
-                                         fused=cfg.runtime.fused_optimizer)
-        self.scheduler = WarmupMultiStepLR(self.optimizer, self.length.milestones, gamma=s.gamma,
-                                           warmup_iters=self.length.warmup_iters, warmup_factor=s.warmup_factor)
+        self.optimizer = build_training_optimizer(cfg, model)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer, self.length.total_iters, self.length.milestones,
+                                            self.length.warmup_iters)
         self.amp_dtype = resolve_amp_dtype(cfg.runtime.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.runtime.amp == "fp16")
         if world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.accumulator = GradientAccumulator(self.model, cfg.schedule.accumulate, cfg.data.batch_size // world_size,
+                                               cfg.schedule.accumulate_exact, amp_autocast(self.device, self.amp_dtype),
+                                               lambda loss: self.scaler.scale(loss).backward())
+        self.ema = ModelEMA(model, cfg.runtime.ema.decay, cfg.runtime.ema.warmup) if cfg.runtime.ema.decay else None
+        self.best = BestTracker(cfg.evaluation.save_best, cfg.runtime.early_stop_patience)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.checkpoints = CheckpointManager(self.work_dir / "checkpoints", keep_last=cfg.runtime.keep_checkpoints) \
             if is_main_process() else None
@@ -183,7 +170,9 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "iteration": self.iteration, "epoch": epoch, "batch_in_epoch": position,
                 "num_skipped_steps": self.num_skipped_steps, "nonfinite_streak": self.nonfinite_streak,
-                "world_size": get_world_size(), "rng": rng_per_rank, "meta": self.meta}
+                "world_size": get_world_size(), "rng": rng_per_rank, "meta": self.meta,
+                **({BEST_KEY: self.best.state_dict()} if self.best.enabled else {}),
+                **({EMA_KEY: self.ema.state_dict()} if self.ema is not None else {})}
 
     def model_is_finite(self) -> bool:
         tensors = [t for t in unwrap_model(self.model).state_dict().values() if t.is_floating_point()]
@@ -216,6 +205,9 @@ class Trainer:
         self.iteration = int(state["iteration"])
         self.num_skipped_steps = int(state.get("num_skipped_steps", 0))
         self.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+        self.best.load_state_dict(state.get(BEST_KEY))
+        if self.ema is not None:
+            self.ema.resume(state, unwrap_model(self.model), f"checkpoint {path}")
         rng, saved_world = state["rng"], int(state.get("world_size", 1))
         if isinstance(rng, list):  # one state per rank
             if saved_world != get_world_size():
@@ -236,6 +228,7 @@ class Trainer:
 
     def train_step(self, images: torch.Tensor, targets: list[dict]) -> StepResult:
         """One optimiser step, skipped (gradients dropped) when any process saw a non-finite loss or gradient.
+        The batch's gradients may come from several micro-batches (``schedule.accumulate``, GradientAccumulator).
 
         The finiteness flags and the stop flag travel in one 3-element all-reduce, read by the host once per
         step: every process then skips, and stops, at the same iteration.
@@ -243,13 +236,8 @@ class Trainer:
         images = images.to(self.device, non_blocking=True)
         if self.cfg.runtime.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else \
-            contextlib.nullcontext()
-        with autocast:
-            losses = self.model(images, targets)
-        total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        losses, total = self.accumulator.forward_backward(images, targets)  # schedule.accumulate micro-batches
         self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.params if p.grad is not None]
         if not grads:
@@ -266,8 +254,7 @@ class Trainer:
         else:
             self.scaler.step(self.optimizer)
         self.scaler.update()  # after a skipped fp16 step: lowers the loss scale (unscale_ recorded the inf)
-        return StepResult({**{k: v.detach() for k, v in losses.items()}, "loss": total.detach()},
-                          grad_norm.detach(), nonfinite_loss, nonfinite_grad, stop)
+        return StepResult({**losses, "loss": total}, grad_norm.detach(), nonfinite_loss, nonfinite_grad, stop)
 
     def count_skipped(self, step: StepResult, last_good: tuple[int, dict] | None) -> None:
         """Count a skipped step; raise NonFiniteLossError when the streak passes the limit (all ranks alike).
@@ -328,6 +315,8 @@ class Trainer:
                     else:
                         self.nonfinite_streak = 0
                         last_good = (self.iteration, step.losses)
+                        if self.ema is not None:
+                            self.ema.update(unwrap_model(self.model))
                     iter_time, tick = time.perf_counter() - tick, time.perf_counter()
                     bar.update(1)
                     meters.update(iter_time=iter_time, data_time=data_time)
@@ -341,12 +330,14 @@ class Trainer:
                     if cfg.runtime.eval_interval and self.iteration % cfg.runtime.eval_interval == 0 \
                             and self.iteration < run_iters:
                         self.evaluate()
+                        if self.best.should_stop:
+                            break
                 bar.close()
                 self.save_checkpoint(keep=bool(cfg.runtime.checkpoint_interval))
                 # A signal after the last step's all-reduce: agree on it now and skip the final evaluation.
                 if bool(all_reduce_sum(torch.tensor([float(self.stop.requested)])).item()):
                     self.interrupted(saved=True)
-            if cfg.runtime.eval_at_end:
+            if cfg.runtime.eval_at_end and not self.best.should_stop:  # an early stop just evaluated these weights
                 self.evaluate()
         finally:
             bar.close()
@@ -373,7 +364,8 @@ class Trainer:
 
     def evaluate(self) -> dict:
         tensorboard, ev = self.metrics_log.has_tensorboard, self.cfg.evaluation  # rank 0 only
-        metrics = evaluate_model(self.cfg, unwrap_model(self.model), self.device, progress=self.progress,
+        model = self.ema.module if self.ema is not None else unwrap_model(self.model)  # runtime.ema: the average
+        metrics = evaluate_model(self.cfg, model, self.device, progress=self.progress,
                                  shard_dir=self.work_dir / "eval_shards",
                                  pr_curves=tensorboard and ev.tensorboard_pr_curves,
                                  keep_images=ev.tensorboard_images if tensorboard else 0)
@@ -386,7 +378,21 @@ class Trainer:
             logger.info("iteration %d: %s", self.iteration,
                         ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
         self.eval_metrics = metrics
+        if self.best.enabled:
+            self.record_best(metrics)
         return metrics
+
+    def record_best(self, metrics: dict) -> None:
+        """evaluation.save_best: best.pt and metrics.jsonl's best/* at a new best; the early-stop message."""
+        if self.best.observe(self.iteration, metrics):
+            state = self.state_dict()  # collective: every rank
+            if self.checkpoints is not None:
+                save_checkpoint(self.checkpoints.directory / BEST_NAME, state)
+        self.metrics_log.log(self.iteration, self.best.record(), prefix=None)
+        if self.iteration == self.length.run_iters:  # the end-of-run evaluation comes after last.pt: add it there
+            self.save_checkpoint(keep=False)
+        if self.best.should_stop and is_main_process():
+            logger.warning(self.best.stop_message())
 
 
 def train(cfg: Config, work_dir: str | Path, resume: bool | str | Path | None = False, progress: bool = True) -> dict:

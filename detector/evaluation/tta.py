@@ -19,7 +19,7 @@ back to the image:
                                     (:func:`~detector.evaluation.inference.rescale_boxes`)
 
 Merge: every view's detections of an image are pooled and go through one more class-aware NMS, batched over
-the images (:func:`~detector.models.postprocess.clip_nms_per_image`, the model's own post-processing), keeping
+the images (:func:`~detector.models.postprocess.nms_fixed_layout`, the model's own post-processing), keeping
 the best ``max_dets``. NMS rather than weighted box fusion: it keeps each kept box and score exactly as one view
 predicted it (a view's detections are already NMS-ed, so one view alone comes back unchanged), it is the
 operation the model's own post-processing runs (one torchvision ``batched_nms`` call for the batch), and the
@@ -45,7 +45,7 @@ from detector.data.collate import DetectionCollator
 from detector.data.inference_batches import shape_grouped_batches
 from detector.data.transforms import resized_shape
 from detector.evaluation.inference import rescale_boxes
-from detector.models.postprocess import clip_nms_per_image, image_sizes_tensor
+from detector.models.postprocess import image_sizes_tensor, nms_fixed_layout, unpad_detections
 
 __all__ = ["TestTimeAugmentation", "build_tta", "unflip_boxes"]
 
@@ -143,14 +143,17 @@ class TestTimeAugmentation(nn.Module):
                 "labels": output["labels"]}
 
     def merge(self, views: list[_View], view_detections: list[dict], sizes: Tensor) -> list[dict]:
-        """Pool each image's views and keep, per image, the best ``max_dets`` after class-aware NMS (one call)."""
+        """Pool each image's views and keep, per image, the best ``max_dets`` after class-aware NMS: the model's own
+        clip + NMS + top ``max_dets`` (one call for the batch), cut per image as the model's ``predict`` does."""
         counts = torch.tensor([len(d["scores"]) for d in view_detections], device=sizes.device)  # (V,)
         image_of_view = torch.tensor([view.image_index for view in views], device=sizes.device)  # (V,)
-        return clip_nms_per_image(torch.cat([d["boxes"] for d in view_detections]),  # (N, 4)
-                                  torch.cat([d["scores"] for d in view_detections]),
-                                  torch.cat([d["labels"] for d in view_detections]),
-                                  image_of_view.repeat_interleave(counts), len(sizes), sizes,
+        labels = torch.cat([d["labels"] for d in view_detections]).long()  # (N,)
+        num_classes = int(labels.max()) + 1 if len(labels) else 1  # separates the classes in the NMS keys
+        merged = nms_fixed_layout(torch.cat([d["boxes"] for d in view_detections]),  # (N, 4)
+                                  torch.cat([d["scores"] for d in view_detections]), labels,
+                                  image_of_view.repeat_interleave(counts), len(sizes), sizes, num_classes,
                                   self.nms_iou, self.max_dets)
+        return unpad_detections(merged)
 
 
 def build_tta(model: nn.Module, tta: TTAConfig | None, cfg: Config) -> nn.Module:

@@ -101,6 +101,9 @@ def _gfl_head(m: ModelConfig, in_channels: int, strides: list[int]) -> GFLHead:
 def build_model(cfg: Config | ModelConfig) -> nn.Module:
     """Build the detector a config describes (accepts the whole Config or its ``model`` section)."""
     m = cfg.model if isinstance(cfg, Config) else cfg
+    if not isinstance(m.num_classes, int):  # "auto" left unresolved: a config built in code, not loaded
+        raise ValueError("model.num_classes is 'auto': load the config with detector.config.load_config (or "
+                         "config_from_dict), which reads the class count from data.train.ann_file, before building")
     backbone = ResNetBackbone(depth=m.backbone.depth, weights=m.backbone.weights, norm=m.backbone.norm,
                               frozen_stages=m.backbone.frozen_stages)
     neck = FPN(backbone.out_channels, out_channels=m.neck.out_channels, p6_from=m.neck.p6_from, norm=m.neck.norm,

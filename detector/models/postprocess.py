@@ -11,14 +11,17 @@
 3. the head decodes boxes for those candidates only;
 4. one class-aware NMS call for the whole batch (torchvision.ops.batched_nms keyed by image and class, in
    float64: see :func:`grouped_nms`);
-5. the best ``max_dets`` per image.
+5. the best ``max_dets`` per image, laid out in fixed-size tensors (:class:`DetectionBatch`: boxes (B, D, 4),
+   scores (B, D), labels (B, D), num_detections (B,), D = ``max_dets``).
 
 Each image's boxes are clipped to its own size (``image_sizes``: after the resize, before the batch padding)
 before NMS, as torchvision and mmdetection do: clipping to the padded canvas instead would let an image batched
 with a larger one keep two copies of a box that, alone, NMS merges. The clip gathers each candidate's bounds by
-its image index, so it stays one batched operation. Steps 1-2 are tensor operations without per-image loops (an
-export path runs the same code). Boxes stay in the network-input frame; detector.evaluation.inference rescales
-them to the original images.
+its image index, so it stays one batched operation. Every step is a tensor operation without per-image loops
+or shape-dependent Python branches, so the eager model (``head.predict``, which only cuts the fixed layout into
+one dict per image: :func:`unpad_detections`) and the exported ONNX / TorchScript graphs (detector.export) run
+this same code. Boxes stay in the network-input frame; detector.evaluation.inference rescales them to the
+original images.
 
 Everything runs in fp32 (fp16 NMS loses AP).
 """
@@ -26,6 +29,7 @@ Everything runs in fp32 (fp16 NMS loses AP).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -77,6 +81,15 @@ class Candidates:
     scores: Tensor      # (N,) fp32
 
 
+class DetectionBatch(NamedTuple):
+    """Detections of a batch in a fixed layout (D = ``max_dets``): image b's first ``num_detections[b]`` slots hold
+    its detections by decreasing score; the other slots hold zero boxes, score 0 and label -1."""
+    boxes: Tensor           # (B, D, 4) xyxy in input pixels
+    scores: Tensor          # (B, D) fp32
+    labels: Tensor          # (B, D) int64
+    num_detections: Tensor  # (B,) int64
+
+
 def select_candidates(scores: Tensor, num_anchors_per_level: list[int], params: InferenceParams,
                       threshold_scores: Tensor | None = None) -> Candidates:
     """Per level and image, the top-k (anchor, class) pairs of ``scores`` (B, N, K) among those whose
@@ -84,22 +97,28 @@ def select_candidates(scores: Tensor, num_anchors_per_level: list[int], params: 
 
     k = min(topk_per_level, A_l K), or min(topk_per_level, A_l) with ``topk_capped_at_anchors`` (A_l anchors in
     level l, K classes). Pairs failing the threshold are ranked below every passing one (scores are >= 0) and
-    dropped after the top-k, so fewer than k pairs may remain; no per-image loop."""
+    dropped after the top-k, so fewer than k pairs may remain; no per-image loop. Each level's pairs are padded
+    with topk_per_level failing ones, so one top-k of that fixed size serves every input size (an exported graph
+    with a dynamic input size has no Python ``min`` over the level's size to bake in); the anchor cap is a rank
+    mask."""
     threshold_scores = scores if threshold_scores is None else threshold_scores
     batch, _, num_classes = scores.shape
+    k = params.topk_per_level
     parts = []
     start = 0
     for count in num_anchors_per_level:
         level = scores[:, start:start + count].reshape(batch, -1).float()  # (B, A_l * K)
         passed = threshold_scores[:, start:start + count].reshape(batch, -1) > params.score_thr  # (B, A_l * K)
-        ranked = level.masked_fill(~passed, -1.0)  # failing pairs rank last
-        k = min(params.topk_per_level, count if params.topk_capped_at_anchors else level.shape[1])
-        top_scores, top_idx = ranked.topk(k, dim=1)  # (B, k), sorted
+        ranked = torch.cat([level.masked_fill(~passed, -1.0), level.new_full((batch, k), -1.0)], dim=1)
+        passed = torch.cat([passed, passed.new_zeros((batch, k))], dim=1)  # (B, A_l * K + k)
+        top_scores, top_idx = ranked.topk(k, dim=1)  # (B, k), sorted; failing pairs rank last
         keep = passed.gather(1, top_idx)  # (B, k)
+        if params.topk_capped_at_anchors:
+            keep = keep & (torch.arange(k, device=keep.device) < count)[None]
         batch_idx = keep.nonzero()[:, 0]
         flat = top_idx[keep]
         parts.append((batch_idx, flat // num_classes + start, flat % num_classes, top_scores[keep]))
-        start += count
+        start = start + count
     batch_idx, anchor_idx, labels, kept = (torch.cat(p) for p in zip(*parts))
     return Candidates(batch_idx, anchor_idx, labels, kept)
 
@@ -131,40 +150,48 @@ def grouped_nms(boxes: Tensor, scores: Tensor, group_ids: Tensor, iou_threshold:
     the coordinates by an amount that grows with the batch's other images and classes, so an image's detections
     would depend on its batch partners; in float64 the shifted float32 coordinates are exact (a box a few thousand
     pixels wide plus a shift below 2^29 fits in 53 bits), so both routes compute, bit for bit, the IoUs and
-    decisions of NMS on each group alone.
+    decisions of NMS on each group alone. (ONNX's NonMaxSuppression takes float32 boxes only: an exported ONNX
+    graph shifts in float64 and casts the shifted boxes to float32, see detector.export.)
     """
     return batched_nms(boxes.double(), scores.double(), group_ids, iou_threshold)
 
 
-def nms_per_image(boxes: Tensor, candidates: Candidates, num_images: int, image_sizes: Tensor,
-                  nms_iou: float, max_dets: int) -> list[dict]:
-    """Clip each box to its image's ``image_sizes`` (B, 2) (h, w), class-aware NMS per image (one batched call),
-    keep the best ``max_dets`` of each image.
-
-    Returns one dict per image: ``boxes`` (N, 4) xyxy, ``scores`` (N,), ``labels`` (N,).
-    """
-    return clip_nms_per_image(boxes, candidates.scores, candidates.labels, candidates.batch_idx, num_images,
-                              image_sizes, nms_iou, max_dets)
-
-
-def clip_nms_per_image(boxes: Tensor, scores: Tensor, labels: Tensor, batch_idx: Tensor, num_images: int,
-                       image_sizes: Tensor, nms_iou: float, max_dets: int) -> list[dict]:
-    """:func:`nms_per_image` on plain tensors: ``boxes`` (N, 4) xyxy, ``scores`` (N,), ``labels`` (N,) and the image
-    of each, ``batch_idx`` (N,) in [0, num_images); also merges test-time augmented views
-    (:mod:`detector.evaluation.tta`)."""
+def clip_to_images(boxes: Tensor, batch_idx: Tensor, image_sizes: Tensor) -> Tensor:
+    """Boxes (N, 4) of images ``batch_idx`` (N,) clipped to 0 <= x <= w, 0 <= y <= h of their image's
+    ``image_sizes`` (B, 2) (h, w); fp32."""
     bounds = image_sizes.to(device=boxes.device, dtype=torch.float32)[batch_idx]  # (N, 2) (h, w)
     upper = bounds[:, [1, 0, 1, 0]]  # (N, 4): x <= w, y <= h
-    boxes = torch.minimum(boxes.float().clamp(min=0), upper)  # (N, 4)
-    num_classes = int(labels.max()) + 1 if len(labels) else 1
-    keep = grouped_nms(boxes, scores, batch_idx * num_classes + labels, nms_iou)  # sorted by decreasing score
-    image_of_kept = batch_idx[keep]
-    order = torch.sort(image_of_kept, stable=True).indices  # grouped by image, still by score inside
-    keep, image_of_kept = keep[order], image_of_kept[order]
-    counts = torch.bincount(image_of_kept, minlength=num_images)  # (B,)
-    starts = torch.cumsum(counts, 0) - counts
-    rank_in_image = torch.arange(len(keep), device=keep.device) - starts[image_of_kept]
-    selected = rank_in_image < max_dets
-    keep, image_of_kept = keep[selected], image_of_kept[selected]
-    sizes = torch.bincount(image_of_kept, minlength=num_images).tolist()
-    return [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(
-        boxes[keep].split(sizes), scores[keep].split(sizes), labels[keep].split(sizes))]
+    return torch.minimum(boxes.float().clamp(min=0), upper)
+
+
+def nms_fixed_layout(boxes: Tensor, scores: Tensor, labels: Tensor, batch_idx: Tensor, num_images: int,
+                     image_sizes: Tensor, num_classes: int, nms_iou: float, max_dets: int) -> DetectionBatch:
+    """Clip each box to its image's ``image_sizes`` (B, 2) (h, w), class-aware NMS per image (one batched call),
+    the best ``max_dets`` of each image in the fixed layout of :class:`DetectionBatch`. ``boxes`` (N, 4) xyxy,
+    ``scores`` (N,), ``labels`` (N,) in [0, num_classes) and ``batch_idx`` (N,) in [0, num_images): a head's
+    candidates, or the pooled views of test-time augmentation (detector.evaluation.tta).
+
+    A kept box's slot in its image is its rank there by score: the running count of kept boxes of the same image
+    (kept boxes come by decreasing score), one cumulative sum over a (M, B) image indicator, without a sort."""
+    boxes = clip_to_images(boxes, batch_idx, image_sizes)  # (N, 4)
+    keep = grouped_nms(boxes, scores, batch_idx * num_classes + labels, nms_iou)  # (M,) by decreasing score
+    image_of_kept = batch_idx[keep]  # (M,)
+    in_image = image_of_kept[:, None] == torch.arange(num_images, device=keep.device)[None]  # (M, B)
+    rank = (in_image.long().cumsum(0) - 1).gather(1, image_of_kept[:, None])[:, 0]  # (M,) rank in its image
+    selected = rank < max_dets
+    keep = keep[selected]  # (S,)
+    slot = (image_of_kept[selected] * max_dets + rank[selected])[:, None]  # (S, 1) in the flattened (B * D)
+    out_boxes = boxes.new_zeros((num_images * max_dets, 4)).scatter(0, slot.expand(-1, 4), boxes[keep])
+    out_scores = scores.new_zeros((num_images * max_dets,)).scatter(0, slot[:, 0], scores[keep])
+    out_labels = torch.full((num_images * max_dets,), -1, dtype=torch.int64, device=keep.device).scatter(
+        0, slot[:, 0], labels[keep].long())
+    num_detections = in_image.long().sum(0).clamp(max=max_dets)  # (B,)
+    return DetectionBatch(out_boxes.view(num_images, max_dets, 4), out_scores.view(num_images, max_dets),
+                          out_labels.view(num_images, max_dets), num_detections)
+
+
+def unpad_detections(batch: DetectionBatch) -> list[dict]:
+    """One dict per image from the fixed layout: ``boxes`` (M, 4) xyxy, ``scores`` (M,), ``labels`` (M,)."""
+    counts = batch.num_detections.tolist()
+    return [{"boxes": boxes[:count], "scores": scores[:count], "labels": labels[:count]}
+            for boxes, scores, labels, count in zip(batch.boxes, batch.scores, batch.labels, counts)]

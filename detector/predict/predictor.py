@@ -187,6 +187,28 @@ class Detector:
             results.append(detections.above(score_thr) if score_thr is not None else detections)
         return results
 
+    def export(self, path: str | os.PathLike, format: str = "onnx", input_size: tuple[int, int] | None = None,
+               dynamic: bool = False, opset: int = 17, batch_size: int = 1) -> Path:
+        """Write the model with decoding and NMS inside the graph as ONNX (``format="onnx"``, needs the ``export``
+        extra) or TorchScript (``"torchscript"``); returns the path written. The graph takes a normalised, padded
+        batch and each image's size, and returns fixed-layout boxes, scores, labels and num_detections
+        (:mod:`detector.export.graph`). ``input_size`` (H, W), multiples of ``data.size_divisor``: the traced
+        (without ``dynamic``: the only) input size, by default the square that holds any image after the test
+        resize; ``dynamic``: free batch, height and width axes (ONNX). The preprocessing settings and class names
+        travel in the file (:func:`detector.export.exporter.export_metadata`)."""
+        import copy
+
+        from detector.export.exporter import default_input_size, export_detector, export_metadata
+
+        data = self.config.data
+        size = tuple(input_size) if input_size is not None else default_input_size(data.test_max_size,
+                                                                                   data.size_divisor)
+        metadata = export_metadata(self.class_names, self.category_ids, list(data.mean), list(data.std),
+                                   data.test_min_size, data.test_max_size, data.size_divisor, self.config.model.type)
+        model = copy.deepcopy(self.model).to(memory_format=torch.contiguous_format)  # exported on the CPU
+        return export_detector(model, path, format, size, metadata, size_divisor=data.size_divisor, dynamic=dynamic,
+                               batch_size=batch_size, opset=opset)
+
     def __repr__(self) -> str:
         return (f"Detector({self.config.model.type}, {len(self.class_names)} classes, device={self.device}, "
                 f"test size {self.config.data.test_min_size}/{self.config.data.test_max_size})")

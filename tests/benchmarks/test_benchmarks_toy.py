@@ -102,3 +102,12 @@ def test_predict_memory_samples_every_few_images_of_the_stream():
     assert [count for count, _ in res["samples"]] == [0, 2, 4, 6]
     assert all(mb > 0 for _, mb in res["samples"]) and res["peak"] >= max(mb for _, mb in res["samples"])
     assert (res["summary"].num_images, res["summary"].num_failed, res["summary"].num_detections) == (6, 0, 600)
+
+def test_export_speed_runs_the_quickstart_model_both_ways(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from benchmarks.export_speed import run_model as export_speed_run
+
+    row = export_speed_run("quickstart", repeats=1, one_thread=True, work_dir=tmp_path)
+    name, size, detections, eager_ms, onnx_ms, ratio = row
+    assert (name, size, detections) == ("quickstart", "160x160", 100)  # every level's top-k full: max_dets kept
+    assert float(eager_ms) > 0 and float(onnx_ms) > 0 and ratio.endswith("x")

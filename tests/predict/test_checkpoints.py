@@ -23,11 +23,12 @@ from .conftest import ROOT
 EVAL_OPTS = ["--no-progress"]
 
 
+COMMANDS = {"publish_checkpoint": "publish", "convert_dataset": "convert"}  # tools/<name>.py -> detector/cli module
+
+
 def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The command behind tools/<name>.py (and ``focaldet <command>``), a module of detector/cli."""
+    return importlib.import_module(f"detector.cli.{COMMANDS.get(name, name)}")
 
 
 def test_training_checkpoints_carry_their_metadata(trained):

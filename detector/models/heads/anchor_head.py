@@ -19,6 +19,10 @@ positive anchors in the batch averaged over processes (at least 1), the classifi
                                after DDP averages the gradients, the weighted mean over all processes' positives)
     loss_quality = w_q * sum_{positives} BCE(quality logit, centerness or IoU target) / N_pos
 
+N_pos and W are sums over the batch (:meth:`AnchorHead.normaliser_sums`: P, sum_i c_i or sum_i u_i), reduced
+over processes in one all-reduce; gradient accumulation passes those of the whole step's batch to ``loss``
+(:mod:`detector.engine.accumulation`), so every weighting gives the update of the batch in one piece.
+
 Assignment and losses run over the whole batch at once (ground truths padded per batch). At inference the
 score is p = sigmoid(cls), or with a quality branch p fused with q = sigmoid(quality): sqrt(p q) or p q
 (``InferenceParams.quality_fusion``).
@@ -35,12 +39,11 @@ from torch import Tensor, nn
 from detector.assigners.base import Assigner
 from detector.boxes import DeltaBoxCoder, box_iou_paired
 from detector.losses import BoxLoss, ClassificationLoss
-from detector.models.heads.base import DenseHead, LossWeights
+from detector.models.heads.base import DenseHead, LossWeights, Positives
 from detector.models.heads.common import (Scale, TowerSpec, anchor_centres, centerness_target, flatten_level,
                                           prediction_conv)
 from detector.models.outputs import DenseOutputs
 from detector.models.postprocess import InferenceParams
-from detector.runtime.distributed import all_reduce_mean, all_reduce_sum, get_world_size
 
 QUALITY_BRANCHES = (None, "centerness", "iou")
 BOX_WEIGHTINGS = ("none", "centerness", "iou_target")
@@ -87,14 +90,52 @@ class AnchorHead(DenseHead):
         quality = torch.cat(quality_out, dim=1).squeeze(2) if quality_out else None
         return torch.cat(cls_out, dim=1), torch.cat(box_out, dim=1), quality
 
-    def loss(self, outputs: DenseOutputs, targets: list[dict]) -> dict[str, Tensor]:
-        pos = self.match(outputs, targets)
+    @property
+    def normaliser_minimums(self) -> dict[str, float]:
+        """N_pos at least 1; the centerness sum at least 1e-6; the IoU-target sum at least 1 (before the division
+        by the world size, see :attr:`normalisers_clamped_as_totals`)."""
+        minimums = {"num_pos": 1.0}
+        if self.box_weighting == "centerness":
+            minimums["centerness"] = 1e-6
+        elif self.box_weighting == "iou_target":
+            minimums["iou_target"] = 1.0
+        return minimums
+
+    normalisers_clamped_as_totals = frozenset({"iou_target"})
+
+    def _positive_boxes(self, outputs: DenseOutputs, pos: Positives) -> tuple[Tensor, Tensor, Tensor]:
+        """The positives' anchors (P, 4), predicted deltas (P, 4) in fp32 and decoded boxes (P, 4)."""
         pos_anchors = outputs.anchors[pos.anchor_idx]  # (P, 4)
         pos_deltas = outputs.pred_regression[pos.batch_idx, pos.anchor_idx].float()  # (P, 4)
-        pos_boxes = self.box_coder.decode(pos_deltas, pos_anchors)  # (P, 4)
+        return pos_anchors, pos_deltas, self.box_coder.decode(pos_deltas, pos_anchors)
+
+    def normaliser_sums(self, outputs: DenseOutputs, pos: Positives) -> dict[str, Tensor]:
+        """P, and the sum of the box weights (centerness or IoU targets, computed as :meth:`loss` does)."""
+        pos_anchors, _, pos_boxes = self._positive_boxes(outputs, pos)
+        centerness = centerness_target(anchor_centres(pos_anchors), pos.gt_boxes) if (
+            self.box_weighting == "centerness") else None  # (P,)
+        pos_iou = box_iou_paired(pos_boxes.detach(), pos.gt_boxes) if self.box_weighting == "iou_target" else None
+        return self._weight_sums(pos, centerness, pos_iou)
+
+    def _weight_sums(self, pos: Positives, centerness: Tensor | None, pos_iou: Tensor | None) -> dict[str, Tensor]:
+        sums = {"num_pos": pos.local_num_pos}
+        if self.box_weighting == "centerness":
+            sums["centerness"] = centerness.sum()
+        elif self.box_weighting == "iou_target":
+            sums["iou_target"] = pos_iou.sum()
+        return sums
+
+    def loss(self, outputs: DenseOutputs, targets: list[dict],
+             normalisers: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        pos = self.match(outputs, targets)
+        pos_anchors, pos_deltas, pos_boxes = self._positive_boxes(outputs, pos)  # (P, 4) each
         pos_iou = box_iou_paired(pos_boxes.detach(), pos.gt_boxes) if (
             self.cls_loss.soft_targets or self.quality_branch == "iou" or self.box_weighting == "iou_target") else None
-        losses = {"loss_cls": self.classification_loss(outputs.pred_logits, pos, pos_iou)}
+        centerness = centerness_target(anchor_centres(pos_anchors), pos.gt_boxes) if (
+            "centerness" in (self.quality_branch, self.box_weighting)) else None  # (P,)
+        norm = normalisers if normalisers is not None else self.reduce_normalisers(
+            self._weight_sums(pos, centerness, pos_iou))
+        losses = {"loss_cls": self.classification_loss(outputs.pred_logits, pos, pos_iou, norm["num_pos"])}
 
         weights = self.loss_weights
         if self.box_loss.on_boxes:
@@ -102,27 +143,25 @@ class AnchorHead(DenseHead):
         else:
             box_terms = self.box_loss(pos_deltas, self.box_coder.encode(pos.gt_boxes, pos_anchors),
                                       reduction="none").sum(dim=1)  # (P,)
-        centerness = centerness_target(anchor_centres(pos_anchors), pos.gt_boxes) if (
-            "centerness" in (self.quality_branch, self.box_weighting)) else None  # (P,)
-        box_sum, normaliser = self._weighted_box_terms(box_terms, pos.num_pos, centerness, pos_iou)
+        box_sum, normaliser = self._weighted_box_terms(box_terms, centerness, pos_iou, norm)
         losses["loss_box"] = weights.box * box_sum / normaliser
         if self.quality_branch is None:
             return losses
         quality_target = centerness if self.quality_branch == "centerness" else pos_iou
         pos_quality = outputs.pred_quality[pos.batch_idx, pos.anchor_idx].float()  # (P,)
         losses["loss_quality"] = weights.quality * F.binary_cross_entropy_with_logits(
-            pos_quality, quality_target, reduction="sum") / pos.num_pos
+            pos_quality, quality_target, reduction="sum") / norm["num_pos"]
         return losses
 
-    def _weighted_box_terms(self, box_terms: Tensor, num_pos: Tensor, centerness: Tensor | None,
-                            pos_iou: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(sum_i w_i box_loss_i, W) of the module docstring for ``box_weighting``; all inputs (P,) but num_pos."""
+    def _weighted_box_terms(self, box_terms: Tensor, centerness: Tensor | None, pos_iou: Tensor | None,
+                            norm: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(sum_i w_i box_loss_i, W) of the module docstring for ``box_weighting``: box_terms, centerness and
+        pos_iou (P,); W taken from the reduced normalisers ``norm``."""
         if self.box_weighting == "centerness":
-            return (box_terms * centerness).sum(), all_reduce_mean(centerness.sum()).clamp(min=1e-6)
+            return (box_terms * centerness).sum(), norm["centerness"]
         if self.box_weighting == "iou_target":
-            total = all_reduce_sum(pos_iou.sum()).clamp(min=1.0)
-            return (box_terms * pos_iou).sum(), total / get_world_size()
-        return box_terms.sum(), num_pos
+            return (box_terms * pos_iou).sum(), norm["iou_target"]
+        return box_terms.sum(), norm["num_pos"]
 
     def pred_class_probs(self, outputs: DenseOutputs) -> Tensor:
         """sigmoid(cls) (B, N, K)."""
