@@ -36,7 +36,7 @@ from detector.config_schema import Config
 from detector.config_yaml import DuplicateKeyError, describe_yaml_error, load_yaml
 
 __all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "config_from_mapping", "config_to_dict",
-           "save_config"]
+           "save_config", "section_from_mapping"]
 
 
 class ConfigError(ValueError):
@@ -215,6 +215,9 @@ class _Validator:
             args = typing.get_args(tp)
             if value is None and type(None) in args:
                 return None
+            sections = [a for a in args if dataclasses.is_dataclass(a)]
+            if isinstance(value, dict) and len(sections) == 1:  # a section or null: the section's own errors
+                return self.build(sections[0], value, dotted)
             for arg in (a for a in args if a is not type(None)):
                 try:
                     return self.convert(arg, value, dotted)
@@ -334,6 +337,12 @@ def config_from_mapping(data: dict, overrides: Iterable[str] = (), source: str =
     origins: dict = {}
     tree = _apply_overrides(_merge({}, data, origins, source), overrides, origins)
     return config_from_dict(tree, origins)
+
+
+def section_from_mapping(cls: type, data: Any, dotted: str, source: str) -> Any:
+    """One config section (the dataclass ``cls``, e.g. TTAConfig) validated from a plain mapping as a config
+    file's would be; errors name the key as ``dotted.key`` set in ``source``."""
+    return _Validator({dotted: source}).convert(cls, data, dotted)
 
 
 def config_to_dict(cfg: Config) -> dict:

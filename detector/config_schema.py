@@ -22,7 +22,8 @@ from detector.model_schema import (AnchorConfig, AssignerConfig, BackboneConfig,
 
 __all__ = ["AnchorConfig", "AssignerConfig", "BackboneConfig", "BoxCoderConfig", "BoxLossConfig", "ClsLossConfig",
            "HeadConfig", "ModelConfig", "NeckConfig", "TestConfig", "DatasetConfig", "SyntheticConfig",
-           "EvaluationConfig", "AugmentConfig", "DataConfig", "ScheduleConfig", "RuntimeConfig", "Config"]
+           "TTAConfig", "EvaluationConfig", "AugmentConfig", "DataConfig", "ScheduleConfig", "RuntimeConfig",
+           "Config"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,27 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
+class TTAConfig:
+    """Test-time augmentation (``evaluation.tta``): every image is predicted at each of ``scales`` (shorter side in
+    pixels; null: data.test_min_size), with the longer side at most ``max_size`` (null: data.test_max_size), once
+    per entry of ``flips`` (false: as is, true: mirrored left-right); all views' detections are merged per image
+    by class-aware NMS at model.test.nms_iou, keeping model.test.max_dets (see detector.evaluation.tta)."""
+    scales: Optional[list[int]] = None
+    flips: list[bool] = field(default_factory=lambda: [False, True])
+    max_size: Optional[int] = None
+
+    def __post_init__(self):
+        if self.scales is not None:
+            if not self.scales or min(self.scales) < 1 or len(set(self.scales)) != len(self.scales):
+                raise ValueError(f"evaluation.tta.scales must list distinct positive sizes (shorter side in pixels) "
+                                 f"or be null for data.test_min_size, got {self.scales}")
+        if not self.flips or len(set(self.flips)) != len(self.flips):
+            raise ValueError(f"evaluation.tta.flips must list false and / or true once each, got {self.flips}")
+        if self.max_size is not None and self.max_size < 1:
+            raise ValueError(f"evaluation.tta.max_size must be a positive size or null, got {self.max_size}")
+
+
+@dataclass(frozen=True)
 class EvaluationConfig:
     # LVIS: "fast" (focaldet's vectorised evaluator, identical numbers) or "lvis-api" (the lvis package).
     lvis_backend: Literal["fast", "lvis-api"] = "fast"
@@ -78,6 +100,9 @@ class EvaluationConfig:
     tensorboard_pr_curves: bool = True
     # Keep checkpoints/best.pt at the evaluation with the highest value of this metric (null: no best.pt).
     save_best: Optional[Literal["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"]] = None
+    # Test-time augmentation for evaluation and Detector.predict: null (off) or {scales, flips, max_size}
+    # (TTAConfig); off in the paper configs.
+    tta: Optional[TTAConfig] = None
 
     def __post_init__(self):
         if self.tensorboard_images < 0:

@@ -4,6 +4,7 @@
     python tools/eval.py CHECKPOINT [--opts data.val.ann_file=... data.val.img_dir=...]   # its stored config
     python tools/eval.py CONFIG --results results.json [--metrics-out metrics.json]      # or CHECKPOINT --results
     torchrun --nproc_per_node 8 tools/eval.py CONFIG CHECKPOINT     # sharded inference, metrics on rank 0
+    python tools/eval.py CHECKPOINT --opts "evaluation.tta={scales: [640, 800, 960], flips: [false, true]}"  # TTA
 
 A checkpoint alone is evaluated with the config it carries (every checkpoint focaldet writes holds it; --opts
 override it, e.g. another val set); one written before checkpoints carried metadata needs its CONFIG before it.

@@ -43,6 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
     parser.add_argument("--config", help="the model's config, for checkpoints that do not carry one")
     add_opts_argument(parser, "config overrides, e.g. model.test.score_thr=0.01 data.test_min_size=640")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation: the config's evaluation.tta, "
+                        "else a left-right flip at the test size (set scales with --opts evaluation.tta.scales=[...])")
     parser.add_argument("--no-draw", action="store_true", help="write predictions.json only")
     parser.add_argument("--draw-thr", type=float, default=0.3, help="draw detections scoring at least this "
                                                                     "(default 0.3)")
@@ -79,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
     previous_handler = signal.signal(signal.SIGTERM, _interrupt)
     try:
         predict_files(detector, loader, output_names(paths), out_dir, args.score_thr, args.batch_size,
-                      None if args.no_draw else args.draw_thr, args.strict, not args.no_progress, summary)
+                      None if args.no_draw else args.draw_thr, args.strict, not args.no_progress, summary,
+                      tta=True if args.tta else None)
     except (KeyboardInterrupt, ImageReadError) as err:
         print(f"stopped: {summary.line(out_dir / 'predictions.json')}", file=sys.stderr)
         if isinstance(err, KeyboardInterrupt):

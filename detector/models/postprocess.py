@@ -164,27 +164,27 @@ def clip_to_images(boxes: Tensor, batch_idx: Tensor, image_sizes: Tensor) -> Ten
     return torch.minimum(boxes.float().clamp(min=0), upper)
 
 
-def nms_fixed_layout(boxes: Tensor, candidates: Candidates, num_images: int, image_sizes: Tensor,
-                     num_classes: int, nms_iou: float, max_dets: int) -> DetectionBatch:
+def nms_fixed_layout(boxes: Tensor, scores: Tensor, labels: Tensor, batch_idx: Tensor, num_images: int,
+                     image_sizes: Tensor, num_classes: int, nms_iou: float, max_dets: int) -> DetectionBatch:
     """Clip each box to its image's ``image_sizes`` (B, 2) (h, w), class-aware NMS per image (one batched call),
-    the best ``max_dets`` of each image in the fixed layout of :class:`DetectionBatch`.
+    the best ``max_dets`` of each image in the fixed layout of :class:`DetectionBatch`. ``boxes`` (N, 4) xyxy,
+    ``scores`` (N,), ``labels`` (N,) in [0, num_classes) and ``batch_idx`` (N,) in [0, num_images): a head's
+    candidates, or the pooled views of test-time augmentation (detector.evaluation.tta).
 
     A kept box's slot in its image is its rank there by score: the running count of kept boxes of the same image
     (kept boxes come by decreasing score), one cumulative sum over a (M, B) image indicator, without a sort."""
-    boxes = clip_to_images(boxes, candidates.batch_idx, image_sizes)  # (N, 4)
-    keep = grouped_nms(boxes, candidates.scores, candidates.batch_idx * num_classes + candidates.labels,
-                       nms_iou)  # (M,) by decreasing score
-    image_of_kept = candidates.batch_idx[keep]  # (M,)
+    boxes = clip_to_images(boxes, batch_idx, image_sizes)  # (N, 4)
+    keep = grouped_nms(boxes, scores, batch_idx * num_classes + labels, nms_iou)  # (M,) by decreasing score
+    image_of_kept = batch_idx[keep]  # (M,)
     in_image = image_of_kept[:, None] == torch.arange(num_images, device=keep.device)[None]  # (M, B)
     rank = (in_image.long().cumsum(0) - 1).gather(1, image_of_kept[:, None])[:, 0]  # (M,) rank in its image
     selected = rank < max_dets
     keep = keep[selected]  # (S,)
     slot = (image_of_kept[selected] * max_dets + rank[selected])[:, None]  # (S, 1) in the flattened (B * D)
     out_boxes = boxes.new_zeros((num_images * max_dets, 4)).scatter(0, slot.expand(-1, 4), boxes[keep])
-    out_scores = candidates.scores.new_zeros((num_images * max_dets,)).scatter(
-        0, slot[:, 0], candidates.scores[keep])
+    out_scores = scores.new_zeros((num_images * max_dets,)).scatter(0, slot[:, 0], scores[keep])
     out_labels = torch.full((num_images * max_dets,), -1, dtype=torch.int64, device=keep.device).scatter(
-        0, slot[:, 0], candidates.labels[keep].long())
+        0, slot[:, 0], labels[keep].long())
     num_detections = in_image.long().sum(0).clamp(max=max_dets)  # (B,)
     return DetectionBatch(out_boxes.view(num_images, max_dets, 4), out_scores.view(num_images, max_dets),
                           out_labels.view(num_images, max_dets), num_detections)

@@ -177,17 +177,18 @@ class RunSummary:
 
 def predict_files(detector, items: Iterable[PreparedImage | Failure], names: Sequence[Path], out_dir: Path,
                   score_thr: float | None, batch_size: int, draw_thr: float | None, strict: bool,
-                  progress: bool = True, summary: RunSummary | None = None) -> RunSummary:
+                  progress: bool = True, summary: RunSummary | None = None, tta=None) -> RunSummary:
     """Predict prepared images (a DataLoader over :class:`ImageFiles`), writing ``out_dir/predictions.json`` and,
     unless ``draw_thr`` is None, ``out_dir/<names[i]>`` drawings. A Failure is logged and skipped, or with
     ``strict`` raised as ImageReadError once every image before it is written. The counts go into ``summary``
-    (a new one when None), which is complete also when this raises (an error, KeyboardInterrupt)."""
+    (a new one when None), which is complete also when this raises (an error, KeyboardInterrupt). ``tta``:
+    test-time augmentation, as in :meth:`Detector.predict`."""
     summary = summary if summary is not None else RunSummary()
     start = time.perf_counter()
     bar = tqdm(total=len(names), desc="predict", unit="img", disable=not progress, dynamic_ncols=True)
     try:
         with PredictionsWriter(out_dir / "predictions.json") as writer:
-            for item, detections in detector.stream(items, score_thr, batch_size):
+            for item, detections in detector.stream(items, score_thr, batch_size, tta=tta):
                 bar.update(1)
                 if isinstance(detections, Failure):
                     if strict:

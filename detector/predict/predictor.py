@@ -10,7 +10,8 @@ Each input goes through the model's own test pipeline, the evaluation's: resize 
 to ``data.size_divisor``. Inputs are batched by padded shape (:mod:`detector.predict.streaming`), so each image
 is padded to its own canonical shape and its detections do not depend on the other inputs or ``batch_size``
 (up to the convolution kernels' own dependence on the batch size, ~1e-6 on the CPU). Boxes come back in the
-input image's pixels, clipped to it.
+input image's pixels, clipped to it. With test-time augmentation (``tta=``, or the config's ``evaluation.tta``)
+each image is predicted at several scales, as is and mirrored, and the views merged (detector.evaluation.tta).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detector.config import load_config
-from detector.config_schema import Config
+from detector.config import load_config, section_from_mapping
+from detector.config_schema import Config, TTAConfig
 from detector.data.collate import DetectionCollator
 from detector.data.image_io import ImageReadError
 from detector.data.transforms import build_transforms
 from detector.evaluation.inference import rescale_boxes
+from detector.evaluation.tta import build_tta
 from detector.predict.checkpoints import build_inference_model, load_weights, resolve_config_and_meta
 from detector.predict.results import Detections
 from detector.predict.streaming import (Failure, ImagePreparer, InOrder, PreparedImage, canonical_shape,
@@ -99,7 +101,8 @@ class Detector:
         normalisation; ImageReadError names the input when it cannot be read."""
         return self.preparer(source, index, keep_original)
 
-    def predict(self, inputs, score_thr: float | None = None, batch_size: int = 8) -> list[Detections]:
+    def predict(self, inputs, score_thr: float | None = None, batch_size: int = 8,
+                tta: TTAConfig | dict | bool | None = None) -> list[Detections]:
         """Detections for each input, in input order (a list even for one input).
 
         ``inputs``: one or a list (any iterable) of image paths (str / Path), PIL images, NumPy HWC uint8 RGB arrays,
@@ -107,15 +110,31 @@ class Detector:
         tensor is a batch of CHW images. Grayscale, RGBA, palette and 16-bit images are converted to RGB and the
         EXIF orientation is applied (:mod:`detector.data.image_io`). ``score_thr``: None keeps what the model keeps
         (:attr:`score_thr`); a higher value keeps only the detections scoring at least that. ``batch_size``:
-        images per forward pass. Raises ImageReadError naming an input that cannot be read."""
-        return list(self.predict_iter(inputs, score_thr, batch_size))
+        images per forward pass. ``tta``: test-time augmentation (:meth:`resolve_tta`); None follows the config's
+        ``evaluation.tta`` (off unless set). Raises ImageReadError naming an input that cannot be read."""
+        return list(self.predict_iter(inputs, score_thr, batch_size, tta))
 
-    def predict_iter(self, inputs, score_thr: float | None = None, batch_size: int = 8) -> Iterator[Detections]:
+    def predict_iter(self, inputs, score_thr: float | None = None, batch_size: int = 8,
+                     tta: TTAConfig | dict | bool | None = None) -> Iterator[Detections]:
         """:meth:`predict` as a generator: inputs are read as they are needed and results released in input
         order, holding at most ``4 * batch_size`` prepared images, so a stream of any length runs in flat memory."""
         prepared = (self._prepare_numbered(source, index) for index, source in enumerate(_as_list(inputs)))
-        for _, detections in self.stream(prepared, score_thr, batch_size):
+        for _, detections in self.stream(prepared, score_thr, batch_size, tta=tta):
             yield detections
+
+    def resolve_tta(self, tta: TTAConfig | dict | bool | None) -> TTAConfig | None:
+        """The test-time augmentation ``tta`` asks for: None the config's ``evaluation.tta`` (None: off), False
+        off, True the config's or else a flip at the test size (``{flips: [false, true]}``), a mapping
+        ``{scales, flips, max_size}`` (validated as ``evaluation.tta`` in a config file) or a TTAConfig."""
+        if tta is None:
+            return self.config.evaluation.tta
+        if tta is True:
+            return self.config.evaluation.tta or TTAConfig()
+        if tta is False:
+            return None
+        if isinstance(tta, TTAConfig):
+            return tta
+        return section_from_mapping(TTAConfig, tta, "tta", "Detector.predict(tta=...)")
 
     def _prepare_numbered(self, source, index: int) -> PreparedImage:
         try:
@@ -124,10 +143,12 @@ class Detector:
             raise ImageReadError(f"input {index}: {err}") from None
 
     def stream(self, items: Iterable[PreparedImage | Failure], score_thr: float | None = None, batch_size: int = 8,
-               max_pending: int | None = None) -> Iterator[tuple[PreparedImage | Failure, Detections | Failure]]:
+               max_pending: int | None = None, tta: TTAConfig | dict | bool | None = None
+               ) -> Iterator[tuple[PreparedImage | Failure, Detections | Failure]]:
         """``(item, detections)`` for prepared images (with ``index`` 0, 1, 2, ... in input order) in that order;
         a Failure comes back as ``(failure, failure)`` in its place. ``max_pending`` (default ``4 * batch_size``)
-        bounds the images waiting for a batch of their shape."""
+        bounds the images waiting for a batch of their shape; ``tta`` as in :meth:`predict`."""
+        model = build_tta(self.model, self.resolve_tta(tta), self.config).eval()
         if score_thr is not None and score_thr < self.score_thr:
             logger.warning("score_thr %.3g is below the model's own threshold %.3g, which applies; load the model "
                            "with overrides=['model.test.score_thr=%g'] to keep lower scores", score_thr,
@@ -140,20 +161,22 @@ class Detector:
             if isinstance(batch[0], Failure):
                 results = [(batch[0], batch[0])]
             else:
-                results = list(zip(batch, self._predict_batch(batch, score_thr)))
+                results = list(zip(batch, self._predict_batch(model, batch, score_thr)))
             for item, detections in results:
                 yield from in_order.add(item.index, (item, detections))
 
     @torch.inference_mode()
-    def _predict_batch(self, batch: list[PreparedImage], score_thr: float | None) -> list[Detections]:
-        """One forward pass over images of one padded shape; detections rescaled to each input image."""
+    def _predict_batch(self, model: torch.nn.Module, batch: list[PreparedImage],
+                       score_thr: float | None) -> list[Detections]:
+        """One forward pass of ``model`` (the detector, or it wrapped in test-time augmentation) over images of one
+        padded shape; detections rescaled to each input image."""
         images, _ = DetectionCollator(self.size_divisor)([(item.image, {}) for item in batch])  # (B, 3, H, W)
         if self.device.type == "cuda":
             images = images.pin_memory()
         images = images.to(self.device, non_blocking=True)
         if self.config.runtime.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        outputs = self.model(images, image_sizes=[item.img_size for item in batch])
+        outputs = model(images, image_sizes=[item.img_size for item in batch])
         results = []
         for item, output in zip(batch, outputs):
             labels = output["labels"].cpu()

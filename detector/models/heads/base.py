@@ -164,8 +164,8 @@ class DenseHead(nn.Module, ABC):
         threshold_scores = class_probs if params.score_thr_on == "class" else scores
         candidates = select_candidates(scores, outputs.num_anchors_per_level, params, threshold_scores)
         boxes = self.decode_boxes(outputs, candidates.batch_idx, candidates.anchor_idx)
-        return nms_fixed_layout(boxes, candidates, scores.shape[0], image_sizes, self.num_classes, params.nms_iou,
-                                params.max_dets)
+        return nms_fixed_layout(boxes, candidates.scores, candidates.labels, candidates.batch_idx, scores.shape[0],
+                                image_sizes, self.num_classes, params.nms_iou, params.max_dets)
 
     @torch.no_grad()
     def predict(self, outputs: DenseOutputs, image_sizes=None) -> list[dict]:
