@@ -29,7 +29,8 @@ from detector.evaluation import (format_metrics_table, format_per_class_table, l
                                  write_metrics_json)
 from detector.evaluation.results import check_result_columns
 from detector.runtime.device import resolve_device
-from detector.runtime.distributed import barrier, get_rank, init_distributed, is_main_process
+from detector.runtime.distributed import barrier, get_rank, init_distributed, is_main_process, on_main_process
+from detector.runtime.work_dir import check_output_file
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -106,11 +107,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """--out and --metrics-out can be written: checked before the inference, which may take hours."""
+    for option, path in (("--out", args.out), ("--metrics-out", args.metrics_out)):
+        if path:
+            check_output_file(path, option)
+
+
+def run_checked(args: argparse.Namespace) -> int:
+    on_main_process(lambda: check_outputs(args))  # every process stops alike when the main one cannot write
+    return run(args)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     init_distributed()
     start_logging(get_rank())
-    return run_tool(lambda: run(args), rank=get_rank())
+    return run_tool(lambda: run_checked(args), rank=get_rank())
 
 
 if __name__ == "__main__":

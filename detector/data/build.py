@@ -5,7 +5,8 @@
 sharded per rank, reshuffled every epoch) that pairs every index with a per-sample seed, and the train set is
 wrapped in a SeededDataset, so each sample's augmentation depends only on (runtime.seed, epoch, position in
 the epoch): not on the number of workers, the resume point or the number of processes. Evaluation shards the
-val set without duplicates.
+val set without duplicates. Loader workers ignore SIGTERM / SIGINT / SIGHUP: a cluster signals the whole process
+group, and the main process, which finishes its step and checkpoints, needs its workers meanwhile.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from detector.data.synthetic import ensure_synthetic_coco
 from detector.data.synthetic_lvis import ensure_synthetic_lvis
 from detector.data.transforms import build_transforms
 from detector.runtime.seeding import make_generator, make_worker_init_fn
+from detector.runtime.signals import worker_init_ignoring_stop_signals
 
 
 def prepare_synthetic_data(cfg: Config) -> None:
@@ -97,7 +99,8 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
                          f"{data.batch_size // world_size} per process; lower data.batch_size")
     loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, num_workers=data.num_workers,
                         collate_fn=DetectionCollator(data.size_divisor), pin_memory=torch.cuda.is_available(),
-                        persistent_workers=data.num_workers > 0, worker_init_fn=make_worker_init_fn(),
+                        persistent_workers=data.num_workers > 0,
+                        worker_init_fn=worker_init_ignoring_stop_signals(make_worker_init_fn()),
                         generator=make_generator(cfg.runtime.seed + rank))
     return loader, sampler
 
@@ -120,4 +123,4 @@ def build_val_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoa
     return DataLoader(dataset, batch_size=cfg.data.test_batch_size,
                       sampler=InferenceSampler(len(dataset), rank=rank, world_size=world_size),
                       num_workers=cfg.data.num_workers, collate_fn=DetectionCollator(cfg.data.size_divisor),
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=worker_init_ignoring_stop_signals())

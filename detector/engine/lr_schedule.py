@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 
-__all__ = ["WarmupMultiStepLR", "epochs_to_iters", "warmup_multistep_factor"]
+from detector.config_schema import Config
+
+__all__ = ["WarmupMultiStepLR", "epochs_to_iters", "warmup_multistep_factor", "ScheduleLength", "schedule_length"]
 
 
 def warmup_multistep_factor(
@@ -143,3 +146,23 @@ def epochs_to_iters(epoch_milestones: Sequence[float], iters_per_epoch: int) -> 
         if epoch < 0:
             raise ValueError(f"epoch milestones must be >= 0, got {list(epoch_milestones)}")
     return [int(round(epoch * iters_per_epoch)) for epoch in epoch_milestones]
+
+
+@dataclass
+class ScheduleLength:
+    iters_per_epoch: int
+    total_iters: int      # the schedule's full length
+    run_iters: int        # what this run executes (capped by schedule.max_iters)
+    milestones: list[int]
+    warmup_iters: int     # schedule.warmup_iters, or schedule.warmup_epochs * iters_per_epoch
+
+
+def schedule_length(cfg: Config, iters_per_epoch: int) -> ScheduleLength:
+    """The run's length in iterations: ``schedule.iters`` or ``schedule.epochs`` (with ``schedule.steps`` and
+    ``schedule.warmup_epochs``) at ``iters_per_epoch``, capped by ``schedule.max_iters``."""
+    s = cfg.schedule
+    unit = iters_per_epoch if s.epochs is not None else 1
+    total = (s.epochs if s.epochs is not None else s.iters) * unit
+    run = min(total, s.max_iters) if s.max_iters is not None else total
+    warmup = s.warmup_epochs * iters_per_epoch if s.warmup_epochs else s.warmup_iters
+    return ScheduleLength(iters_per_epoch, total, run, [step * unit for step in s.steps], warmup)
