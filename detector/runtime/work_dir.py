@@ -91,6 +91,9 @@ def check_output_file(path: str | os.PathLike, option: str) -> None:
     path = Path(path)
     if path.is_dir():
         raise OutputPathError(f"{option} {path} is a folder; give a file name")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:  # mkdir would only say "File exists"
+        raise OutputPathError(f"{option} {path} cannot be written: Not a directory ({blocking} is a file)")
     probe = path.with_name(f".{path.name}.probe.{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
