@@ -10,6 +10,11 @@ between any two bytecodes, even inside ``optimizer.step()``). So:
 * :func:`worker_init_ignoring_stop_signals` wraps a loader's ``worker_init_fn``: the worker ignores the stop
   signals and keeps serving batches while the main process finishes its step and writes its checkpoint; the
   worker goes when its main process does.
+* Workers that ignore SIGTERM cannot be ended by ``multiprocessing``'s exit handler, which terminates daemonic
+  children with SIGTERM and then joins them (torch leaves its workers to it when the interpreter exits with
+  an iterator still open, e.g. a persistent training loader): that join would wait for ever. So building such a
+  loader registers :func:`_kill_loader_workers_at_exit`, which runs before that handler and does the same with SIGKILL
+  (the main process is exiting: its daemonic children hold nothing left to save).
 * :func:`deferred` blocks signals (``pthread_sigmask``) around a section that must not be cut in two: they stay
   pending and are delivered, in full, when the section ends. A worker started inside such a section inherits the
   blocked mask, which closes the window between its start and its ``worker_init_fn``.
@@ -19,8 +24,10 @@ POSIX only; on Windows (no SIGHUP, no signal masks) :func:`deferred` does nothin
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
+import multiprocessing
 import signal
 from collections.abc import Callable, Iterable, Iterator
 
@@ -48,12 +55,32 @@ def _init_worker(worker_id: int, then: Callable[[int], None] | None) -> None:
         then(worker_id)
 
 
+def _kill_loader_workers_at_exit() -> None:
+    """What multiprocessing's exit handler does to daemonic children (DataLoader workers are), with SIGKILL
+    instead of the SIGTERM they ignore."""
+    children = [child for child in multiprocessing.active_children() if child.daemon]
+    if children and CHILD_SIGNALS:  # torch's SIGCHLD handler would report each as a worker failure
+        signal.signal(CHILD_SIGNALS[0], signal.SIG_DFL)
+    for child in children:
+        child.kill()
+    for child in children:
+        child.join(timeout=5.0)
+
+
+_exit_hook_registered = False
+
+
 def worker_init_ignoring_stop_signals(then: Callable[[int], None] | None = None) -> Callable[[int], None]:
     """A DataLoader ``worker_init_fn`` that makes the worker ignore the stop signals, then calls ``then``.
 
     torch installs its own SIGTERM handler in each worker (print, then die) before calling ``worker_init_fn``;
     this replaces it. A ``functools.partial`` of a module-level function: it pickles for ``spawn`` workers.
+    Called in the main process, it also registers the exit hook that ends such workers (module docstring).
     """
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        atexit.register(_kill_loader_workers_at_exit)  # after multiprocessing's own: runs before it
+        _exit_hook_registered = True
     return functools.partial(_init_worker, then=then)
 
 
