@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
                                       not args.no_progress, args.shard_dir)
     if not is_main_process():
         return 0
+    print("AP in percent" + ("; --metrics-out keeps fractions:" if args.metrics_out else ":"))
     print(format_metrics_table(metrics))
     if args.per_class and metrics.get("per_class"):
         per_class = metrics["per_class"]

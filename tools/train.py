@@ -70,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{stop}; continue with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED if stop.signum == signal.SIGINT else 0
     if get_rank() == 0 and metrics:
-        print(format_metrics_table(metrics))  # in percent, as tools/eval.py prints it
+        print("final evaluation (AP in percent; metrics.jsonl keeps fractions):")
+        print(format_metrics_table(metrics))
     return 0
 
 
