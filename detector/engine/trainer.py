@@ -63,7 +63,7 @@ from detector.runtime.logging_setup import FILE_ONLY, add_log_file, remove_log_f
 from detector.runtime.metrics_log import MeterGroup, MetricsLogger
 from detector.runtime.model_state import unwrap_model
 from detector.runtime.seeding import capture_rng_state, seed_everything
-from detector.runtime.signals import STOP_SIGNALS, deferred
+from detector.runtime.signals import STOP_SIGNALS, deferred, shut_down_loader_workers
 from detector.runtime.work_dir import claim_work_dir
 
 logger = logging.getLogger("detector.engine")
@@ -140,7 +140,9 @@ class Trainer:
             self.resume(path)
 
     def close(self) -> None:
-        """Close the logs and release the work dir (done by ``fit()``; idempotent)."""
+        """End the loader workers, close the logs and release the work dir (done by ``fit()``; idempotent)."""
+        if getattr(self, "loader", None) is not None:
+            shut_down_loader_workers(self.loader)
         if self.metrics_log is not None:
             self.metrics_log.close()
         if self.log_file is not None:
