@@ -78,10 +78,15 @@ def rng_state_for_rank(rng: dict | list, saved_world_size: int, rank: int, world
 def restore_training_state(trainer, path: Path) -> None:
     """Put the training state of checkpoint ``path`` into ``trainer`` (every process; see the Trainer)."""
     state = load_checkpoint(path, map_location="cpu")
+    bare = bool(state) and all(isinstance(value, torch.Tensor) for value in state.values())
+    weights = state if bare else state.get("model")
+    # First what a mismatch names best (another kind of model, another parameter grouping), then completeness.
+    if weights is not None:
+        load_model_state(unwrap_model(trainer.model), weights, source=f"checkpoint {path}",
+                         model_type=trainer.cfg.model.type)
+    if "optimizer" in state:
+        load_optimizer_state(trainer.optimizer, state["optimizer"], source=f"checkpoint {path}")
     check_training_state(state, path)
-    load_model_state(unwrap_model(trainer.model), state["model"], source=f"checkpoint {path}",
-                     model_type=trainer.cfg.model.type)
-    load_optimizer_state(trainer.optimizer, state["optimizer"], source=f"checkpoint {path}")
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.scaler.load_state_dict(state["scaler"])
     trainer.iteration = int(state["iteration"])
