@@ -1,10 +1,12 @@
-"""Crash-safety check: kill -9 a training run at random moments, over and over, and check its checkpoints.
+"""Crash-safety check: kill or pre-empt a training run at random moments, over and over, and check its checkpoints.
 
-    python scripts/kill_test.py --trials 30
+    python scripts/kill_test.py --trials 30                                 # kill -9
+    python scripts/kill_test.py --trials 20 --signal TERM --num-workers 2   # pre-emption (SLURM, Kubernetes)
 
 Every trial starts ``tools/train.py configs/quickstart.yaml --resume`` on a tiny synthetic run (64 px
 images, ResNet-18, a checkpoint every iteration, so many kills land while a checkpoint is being written),
-waits a random delay and sends SIGKILL to its process group. Then:
+waits a random delay and sends the signal to its whole process group (the main process and its loader
+workers, as a cluster does). Then, for every signal:
 
 * ``checkpoints/last.pt`` must load with ``torch.load(weights_only=True)`` and hold a state dict, or be
   absent if no checkpoint was written yet; every ``iter_*.pt`` must load too;
@@ -12,21 +14,30 @@ waits a random delay and sends SIGKILL to its process group. Then:
   goes back;
 * at the end, one more ``--resume`` run trains two more iterations and must finish (exit code 0).
 
-Prints the number of trials, corrupt files (must be 0), kills that interrupted a checkpoint write, and exits
-non-zero on any failure.
+With ``--signal TERM`` (or HUP, INT) the run must also stop by itself: exit code 0 (130 for INT), one
+"stopped by ..." line and no traceback, last.pt holding the last iteration it logged (the step in flight
+finished, none lost), and no process of the group left. A signal that lands before training starts (model and
+data still loading, nothing to save yet) ends the process with the signal's default action; such trials are
+counted apart.
+
+Prints the number of trials, corrupt files (must be 0), kills that interrupted a checkpoint write (KILL) or
+the shutdown times (TERM), and exits non-zero on any failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -51,9 +62,9 @@ def tiny_opts(data_root: Path, max_iters: int) -> list[str]:
             "runtime.checkpoint_interval=1", "runtime.keep_checkpoints=2", "runtime.eval_at_end=false"]
 
 
-def train_command(work_dir: Path, data_root: Path, max_iters: int) -> list[str]:
+def train_command(work_dir: Path, data_root: Path, max_iters: int, num_workers: int = 0) -> list[str]:
     return [sys.executable, str(ROOT / "tools" / "train.py"), str(CONFIG), "--work-dir", str(work_dir), "--resume",
-            "--no-progress", "--opts", *tiny_opts(data_root, max_iters)]
+            "--no-progress", "--opts", *tiny_opts(data_root, max_iters), f"data.num_workers={num_workers}"]
 
 
 def temporaries(directory: Path) -> set[str]:
@@ -80,58 +91,151 @@ def check_checkpoints(directory: Path) -> tuple[int | None, list[str]]:
     return iteration, corrupt
 
 
-def main(argv=None) -> int:
+def last_logged_iteration(work_dir: Path) -> int | None:
+    """The last training iteration in metrics.jsonl (a half-written last line is skipped)."""
+    path = work_dir / "metrics.jsonl"
+    last = None
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if "train/loss" in record:
+                last = int(record["iter"])
+    return last
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def signal_trial(proc: subprocess.Popen, signum: int, delay: float, work_dir: Path, log_path: Path) -> dict:
+    """Wait ``delay`` s, signal the run's process group, wait for it to end; returns what happened: for a
+    graceful stop the seconds from the signal to its "stopped by" line (last.pt written) and to the exit."""
+    try:
+        proc.wait(timeout=delay)
+        return {"signalled": False}
+    except subprocess.TimeoutExpired:
+        pass
+    sent = time.monotonic()
+    os.killpg(proc.pid, signum)
+    if signum == signal.SIGKILL:
+        proc.wait()
+        return {"signalled": True}
+    outcome = {"signalled": True}
+    while proc.poll() is None and time.monotonic() - sent < 300:
+        if "checkpointed" not in outcome and "stopped by" in log_path.read_text():
+            outcome["checkpointed"] = time.monotonic() - sent
+        time.sleep(0.02)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return {**outcome, "hung": True}
+    outcome["shutdown"] = time.monotonic() - sent
+    time.sleep(0.5)  # workers notice their parent's exit within a second
+    outcome["survivors"] = group_alive(proc.pid)
+    if outcome["survivors"]:
+        os.killpg(proc.pid, signal.SIGKILL)
+    return {**outcome, "logged": last_logged_iteration(work_dir)}
+
+
+def check_graceful(trial: int, signum: int, outcome: dict, code: int, log_text: str,
+                   iteration: int | None) -> tuple[list[str], bool]:
+    """Failures of a graceful stop, and whether the signal came before training started (nothing to save)."""
+    expected = 130 if signum == signal.SIGINT else 0
+    if code == -signum and not re.search(r"training \d+ iterations", log_text):
+        return [], True  # still starting up: the default action of the signal, nothing was trained
+    failures = []
+    if outcome.get("hung"):
+        failures.append(f"trial {trial}: still running 300 s after the signal")
+    if code != expected:
+        failures.append(f"trial {trial}: exit code {code}, expected {expected}")
+    if "Traceback" in log_text:
+        failures.append(f"trial {trial}: a traceback in the log")
+    if outcome.get("survivors"):
+        failures.append(f"trial {trial}: processes of the run outlived it")
+    if outcome.get("logged") is not None and outcome["logged"] != iteration:
+        failures.append(f"trial {trial}: iteration {outcome['logged']} logged, last.pt holds {iteration}")
+    return failures, False
+
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--signal", default="KILL", choices=["KILL", "TERM", "HUP", "INT"],
+                        help="sent to the run's process group (default KILL)")
+    parser.add_argument("--num-workers", type=int, default=0, help="data.num_workers of the runs")
     parser.add_argument("--min-delay", type=float, default=1.0, help="seconds after start, at least")
     parser.add_argument("--max-delay", type=float, default=12.0, help="seconds after start, at most")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random delays")
     parser.add_argument("--work-dir", help="where the run lives (default: a temporary folder, removed afterwards)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def run_trials(args, base: Path, env: dict) -> tuple[list[str], int, dict]:
+    """Every trial; returns (failures, corrupt files, counts and shutdown times)."""
+    work_dir, data_root = base / "run", base / "data"
+    signum = getattr(signal, f"SIG{args.signal}")
+    rng = random.Random(args.seed)
+    corrupt_files, failures = 0, []
+    stats = {"writes_hit": 0, "absent": 0, "before_start": 0, "shutdowns": [], "checkpointed": []}
+    previous = None  # iteration in last.pt after the previous kill
+    for trial in range(1, args.trials + 1):
+        log_path = base / f"trial_{trial:03d}.log"
+        stale = temporaries(work_dir / "checkpoints")  # left by the previous kill; removed at start-up
+        delay = rng.uniform(args.min_delay, args.max_delay)
+        with open(log_path, "w") as log:
+            proc = subprocess.Popen(train_command(work_dir, data_root, NEVER, args.num_workers), cwd=ROOT, env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            outcome = signal_trial(proc, signum, delay, work_dir, log_path)
+        if not outcome["signalled"]:
+            failures.append(f"trial {trial}: the run exited by itself with code {proc.returncode} (see {log_path})")
+        iteration, corrupt = check_checkpoints(work_dir / "checkpoints")
+        in_flight = bool(temporaries(work_dir / "checkpoints") - stale)  # this kill interrupted a write
+        corrupt_files += len(corrupt)
+        failures += [f"trial {trial}: corrupt {name}" for name in corrupt]
+        log_text = log_path.read_text()
+        if signum != signal.SIGKILL and outcome["signalled"]:
+            graceful_failures, before_start = check_graceful(trial, signum, outcome, proc.returncode, log_text,
+                                                             iteration)
+            failures += graceful_failures
+            stats["before_start"] += before_start
+            if "shutdown" in outcome and not before_start:
+                stats["shutdowns"].append(outcome["shutdown"])
+                stats["checkpointed"].append(outcome.get("checkpointed", outcome["shutdown"]))
+        stats["writes_hit"] += in_flight
+        stats["absent"] += iteration is None
+        resumed = re.search(r"resumed from \S+ at iteration (\d+)", log_text)
+        if previous is not None and resumed and int(resumed.group(1)) != previous:
+            failures.append(f"trial {trial}: resumed at iteration {resumed.group(1)}, last.pt held {previous}")
+        if previous is not None and (iteration is None or iteration < previous):
+            failures.append(f"trial {trial}: last.pt went back from iteration {previous} to {iteration}")
+        shutdown = (f", stopped {outcome.get('checkpointed', float('nan')):.2f} s and exited "
+                    f"{outcome['shutdown']:.2f} s after the signal" if "shutdown" in outcome else "")
+        print(f"trial {trial:3d}: SIG{args.signal} after {delay:5.2f} s, last.pt "
+              f"{'absent' if iteration is None else f'at iteration {iteration}'}"
+              f"{', resumed from ' + resumed.group(1) if resumed else ''}{shutdown}"
+              f"{', a checkpoint write was in flight' if in_flight else ''}", flush=True)
+        previous = iteration if iteration is not None else previous
+    stats["last"] = previous
+    return failures, corrupt_files, stats
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     base = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="kill_test_"))
     work_dir, data_root = base / "run", base / "data"
     base.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    rng = random.Random(args.seed)
-    corrupt_files, failures, writes_hit, absent = 0, [], 0, 0
-    previous = None  # iteration in last.pt after the previous kill
     try:
-        for trial in range(1, args.trials + 1):
-            log_path = base / f"trial_{trial:03d}.log"
-            stale = temporaries(work_dir / "checkpoints")  # left by the previous kill; removed at start-up
-            delay = rng.uniform(args.min_delay, args.max_delay)
-            with open(log_path, "w") as log:
-                proc = subprocess.Popen(train_command(work_dir, data_root, NEVER), cwd=ROOT, env=env,
-                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-                try:
-                    proc.wait(timeout=delay)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)  # the process group of the run started above
-                    proc.wait()
-            if proc.returncode != -signal.SIGKILL:
-                failures.append(f"trial {trial}: the run exited by itself with code {proc.returncode} "
-                                f"(see {log_path})")
-            iteration, corrupt = check_checkpoints(work_dir / "checkpoints")
-            in_flight = bool(temporaries(work_dir / "checkpoints") - stale)  # this kill interrupted a write
-            corrupt_files += len(corrupt)
-            failures += [f"trial {trial}: corrupt {name}" for name in corrupt]
-            writes_hit += in_flight
-            absent += iteration is None
-            log_text = log_path.read_text()
-            resumed = re.search(r"resumed from \S+ at iteration (\d+)", log_text)
-            if previous is not None and resumed and int(resumed.group(1)) != previous:
-                failures.append(f"trial {trial}: resumed at iteration {resumed.group(1)}, last.pt held {previous}")
-            if previous is not None and (iteration is None or iteration < previous):
-                failures.append(f"trial {trial}: last.pt went back from iteration {previous} to {iteration}")
-            print(f"trial {trial:3d}: killed after {delay:5.2f} s, last.pt "
-                  f"{'absent' if iteration is None else f'at iteration {iteration}'}"
-                  f"{', resumed from ' + resumed.group(1) if resumed else ''}"
-                  f"{', a checkpoint write was in flight' if in_flight else ''}", flush=True)
-            previous = iteration if iteration is not None else previous
-
-        start = previous or 0
-        final = subprocess.run(train_command(work_dir, data_root, start + 2), cwd=ROOT, env=env,
+        failures, corrupt_files, stats = run_trials(args, base, env)
+        start = stats["last"] or 0
+        final = subprocess.run(train_command(work_dir, data_root, start + 2, args.num_workers), cwd=ROOT, env=env,
                                capture_output=True, text=True, timeout=900)
         iteration, corrupt = check_checkpoints(work_dir / "checkpoints")
         corrupt_files += len(corrupt)
@@ -144,8 +248,16 @@ def main(argv=None) -> int:
         if not args.work_dir:
             shutil.rmtree(base, ignore_errors=True)
 
-    print(f"trials: {args.trials}, corrupt files: {corrupt_files}, kills during a checkpoint write: {writes_hit}, "
-          f"kills before the first checkpoint: {absent}")
+    print(f"signal: SIG{args.signal} to the process group, data.num_workers={args.num_workers}; trials: "
+          f"{args.trials}, corrupt files: {corrupt_files}, kills during a checkpoint write: {stats['writes_hit']}, "
+          f"kills before the first checkpoint: {stats['absent']}")
+    if args.signal != "KILL":
+        def spread(times: list[float]) -> str:
+            return f"median {statistics.median(times):.2f} s, max {max(times):.2f} s" if times else "none measured"
+
+        print(f"graceful stops: {len(stats['shutdowns'])} (signal to the 'stopped by' line, last.pt written: "
+              f"{spread(stats['checkpointed'])}; to the exit: {spread(stats['shutdowns'])}), signals before "
+              f"training started: {stats['before_start']}, failures: {len(failures)}")
     for failure in failures:
         print(f"FAIL {failure}", file=sys.stderr)
     return 1 if failures or corrupt_files else 0

@@ -8,14 +8,18 @@ A tool's ``main(argv)`` parses its arguments, calls :func:`start_logging`, and r
 * :data:`EXIT_BAD_INPUT` (1): bad input, a file, image, checkpoint or value the user gave (``BAD_INPUT_ERRORS``,
   plus what a tool adds), reported by the message alone, which names the file and the entry;
 * :data:`EXIT_BAD_CONFIG` (2): a bad config or override (:class:`~detector.config.ConfigError`); argparse
-  exits with 2 for a bad command line too.
+  exits with 2 for a bad command line too;
+* :data:`EXIT_INTERRUPTED` (130): Ctrl-C (KeyboardInterrupt) outside what a tool handles itself: one line.
 
 In a multi-process run (torchrun) errors every process meets alike are printed by the main process only; an
 unreadable image, met only by the process whose shard holds it, is printed by that process, tagged with its rank.
+A process that stops because another one failed (:class:`~detector.runtime.distributed.PeerProcessFailed`)
+prints nothing: the failing process reports the error.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable, Iterable
 
@@ -27,18 +31,22 @@ from detector.config_schema import Config
 from detector.data.detection_dataset import BadImageError
 from detector.predict.checkpoints import build_inference_model, config_from_meta, read_checkpoint_meta
 from detector.runtime.checkpoint import CheckpointError, load_checkpoint
+from detector.runtime.distributed import PeerProcessFailed
 from detector.runtime.logging_setup import setup_logging
 from detector.runtime.model_state import StateDictMismatchError, load_model_checkpoint
+from detector.runtime.work_dir import OutputPathError
 
-__all__ = ["EXIT_OK", "EXIT_BAD_INPUT", "EXIT_BAD_CONFIG", "BAD_INPUT_ERRORS", "tool_parser", "add_config_argument",
-           "add_opts_argument", "start_logging", "load_tool_config", "load_checkpoint_config", "load_trained_model",
-           "report_error", "run_tool"]
+__all__ = ["EXIT_OK", "EXIT_BAD_INPUT", "EXIT_BAD_CONFIG", "EXIT_INTERRUPTED", "BAD_INPUT_ERRORS", "tool_parser",
+           "add_config_argument", "add_opts_argument", "start_logging", "load_tool_config", "load_checkpoint_config",
+           "load_trained_model", "report_error", "run_tool"]
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
 EXIT_BAD_CONFIG = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130, as shells report a process ended by Ctrl-C
 # Known bad input: the message names the file and the entry, so a traceback would only bury it.
-BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, CheckpointError, BadImageError)
+BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueError, CheckpointError, BadImageError,
+                                                     OutputPathError)
 # Errors that one process meets alone (its own shard of the data), so every process reports its own.
 PER_PROCESS_ERRORS: tuple[type[BaseException], ...] = (BadImageError,)
 
@@ -97,14 +105,21 @@ def report_error(err: BaseException, rank: int = 0) -> None:
 def run_tool(body: Callable[[], int | None], bad_input: tuple[type[BaseException], ...] = BAD_INPUT_ERRORS,
              rank: int | Callable[[], int] = 0) -> int:
     """Run ``body()`` and return its exit code (None: 0); a ConfigError gives 2 and ``bad_input`` errors 1, each
-    reported as one ``error:`` line. ``rank``: this process's rank, or a function returning it (read when an
-    error is reported, for tools that join a process group inside ``body``)."""
+    reported as one ``error:`` line, PeerProcessFailed 1 in silence, and Ctrl-C 130. ``rank``: this process's
+    rank, or a function returning it (read when an error is reported, for tools that join a process group inside
+    ``body``)."""
     try:
         code = body()
     except ConfigError as err:
         report_error(err, rank() if callable(rank) else rank)
         return EXIT_BAD_CONFIG
+    except PeerProcessFailed:  # another process reports the error
+        return EXIT_BAD_INPUT
     except bad_input as err:
         report_error(err, rank() if callable(rank) else rank)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        if (rank() if callable(rank) else rank) == 0:
+            print("interrupted (Ctrl-C)", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK if code is None else code

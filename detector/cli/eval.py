@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
                                       not args.no_progress, args.shard_dir)
     if not is_main_process():
         return 0
+    print("AP in percent" + ("; --metrics-out keeps fractions:" if args.metrics_out else ":"))
     print(format_metrics_table(metrics))
     if args.per_class and metrics.get("per_class"):
         per_class = metrics["per_class"]
@@ -129,6 +130,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """--out and --metrics-out can be written: checked before the inference, which may take hours."""
+    from detector.runtime.work_dir import check_output_file
+
+    for option, path in (("--out", args.out), ("--metrics-out", args.metrics_out)):
+        if path:
+            check_output_file(path, option)
+
+
+def run_checked(args: argparse.Namespace) -> int:
+    from detector.runtime.distributed import on_main_process
+
+    on_main_process(lambda: check_outputs(args))  # every process stops alike when the main one cannot write
+    return run(args)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from detector.cli.common import run_tool, start_logging
@@ -136,7 +153,7 @@ def main(argv=None) -> int:
 
     init_distributed()
     start_logging(get_rank())
-    return run_tool(lambda: run(args), rank=get_rank())
+    return run_tool(lambda: run_checked(args), rank=get_rank())
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
 sharded per rank, reshuffled every epoch) that pairs every index with a per-sample seed, and the train set is
 wrapped in a SeededDataset, so each sample's augmentation depends only on (runtime.seed, epoch, position in
 the epoch): not on the number of workers, the resume point or the number of processes. Evaluation shards the
-val set without duplicates and batches images of one padded shape together.
+val set without duplicates and batches images of one padded shape together. Loader workers ignore SIGTERM /
+SIGINT / SIGHUP: a cluster signals the whole process group, and the main process, which finishes its step and
+checkpoints, needs its workers meanwhile.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from detector.data.synthetic import ensure_synthetic_coco
 from detector.data.synthetic_lvis import ensure_synthetic_lvis
 from detector.data.transforms import DetectionTransform, build_transforms
 from detector.runtime.seeding import make_generator, make_worker_init_fn
+from detector.runtime.signals import worker_init_ignoring_stop_signals
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +146,8 @@ def build_train_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> tuple
                        batch_size, data.batch_size, sampler.shard_size)
     loader = DataLoader(SeededDataset(dataset), batch_sampler=sampler, num_workers=data.num_workers,
                         collate_fn=DetectionCollator(data.size_divisor), pin_memory=torch.cuda.is_available(),
-                        persistent_workers=data.num_workers > 0, worker_init_fn=make_worker_init_fn(),
+                        persistent_workers=data.num_workers > 0,
+                        worker_init_fn=worker_init_ignoring_stop_signals(make_worker_init_fn()),
                         generator=make_generator(cfg.runtime.seed + rank))
     return loader, sampler
 
@@ -170,4 +174,5 @@ def build_val_loader(cfg: Config, rank: int = 0, world_size: int = 1) -> DataLoa
               for height, width in dataset.image_sizes()]
     sampler = ShapeGroupedBatchSampler(shapes, data.test_batch_size, rank=rank, world_size=world_size)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=data.num_workers,
-                      collate_fn=DetectionCollator(data.size_divisor), pin_memory=torch.cuda.is_available())
+                      collate_fn=DetectionCollator(data.size_divisor), pin_memory=torch.cuda.is_available(),
+                      worker_init_fn=worker_init_ignoring_stop_signals())

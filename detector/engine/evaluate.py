@@ -9,6 +9,7 @@ pickled copy of everything twice.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from detector.config_schema import Config
-from detector.data.build import build_val_loader
+from detector.data.build import build_dataset, build_val_loader
 from detector.data.coco import CocoDetection
 from detector.data.lvis import LVISDetection
 from detector.evaluation import (COCOEvaluator, LVISEvaluator, gather_results, merge_result_shards, run_inference,
@@ -46,6 +47,29 @@ def check_evaluable(dataset: CocoDetection | LVISDetection) -> None:
     if num_missing:
         ann_id, image_id = dataset.first_without_area
         raise ValueError(missing_area_message(dataset.ann_file, ann_id, image_id, num_missing))
+
+
+def check_val_set(cfg: Config, train_set: CocoDetection | LVISDetection) -> None:
+    """Check, before training, what the evaluations will need, instead of failing at the first one hours later:
+    the val annotations load (with every check of the readers) and name as many classes as model.num_classes,
+    the training set's classes (ids and names, in order), with the areas the evaluators need; data.val.img_dir
+    is a folder and the first val image decodes. Raises one-line errors naming the file."""
+    val_set = build_dataset(cfg, "val")
+    ann_file, img_dir = cfg.data.val.ann_file, cfg.data.val.img_dir
+    if len(val_set) == 0:
+        raise ValueError(f"{ann_file}: the val set lists no images, so evaluation has nothing to score (set "
+                         "runtime.eval_at_end=false and runtime.eval_interval=null to train without it)")
+    if val_set.cat_ids != train_set.cat_ids or val_set.class_names != train_set.class_names:
+        pairs = zip(zip(train_set.cat_ids, train_set.class_names), zip(val_set.cat_ids, val_set.class_names))
+        first = next(((label, train, val) for label, (train, val) in enumerate(pairs) if train != val), None)
+        detail = (f"class {first[0]} is {first[1]} (id, name) in training and {first[2]} in val" if first
+                  else f"{train_set.num_classes} classes in training, {val_set.num_classes} in val")
+        raise ValueError(f"{ann_file} and {train_set.ann_file} name different classes: {detail}; the val set must "
+                         "use the training set's categories (same ids and names, in the same order)")
+    check_evaluable(val_set)
+    if not os.path.isdir(img_dir):
+        raise FileNotFoundError(f"data.val.img_dir {img_dir}: no such folder (the images of {ann_file})")
+    val_set.load_image(0)  # BadImageError naming the file and the image id
 
 
 def columns_to_results(columns: dict) -> list[dict]:

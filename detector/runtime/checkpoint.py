@@ -12,6 +12,11 @@ Design choices:
   at save time, with the offending key in the message, rather than when resuming days later.
 * **RNG state**: :func:`detector.runtime.seeding.capture_rng_state` converts python / NumPy / torch / CUDA
   generator states to those plain types, so they travel in the same weights_only checkpoint.
+* **Temporary files name their writer.** ``.<target>.<host>.<pid>.<random>.tmp``: a manager removes leftovers
+  of its own process and of processes of this host that are no longer running (a run killed mid-write), never
+  the temporary file of a live run, even of another run writing into the same folder.
+* **Failed writes are one clear error.** A full disk, a read-only or vanished folder raise
+  :class:`CheckpointWriteError` naming the file and the reason; the previous file at ``path`` is untouched.
 * Loading a model's weights out of a checkpoint, with every mismatch named, is
   :mod:`detector.runtime.model_state`.
 
@@ -21,9 +26,11 @@ Only the main process should write checkpoints; that choice belongs to the train
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
+import socket
 import tempfile
 from collections import OrderedDict
 from pathlib import Path
@@ -33,14 +40,16 @@ import torch
 
 __all__ = [
     "CheckpointError",
+    "CheckpointWriteError",
     "save_checkpoint",
     "load_checkpoint",
     "CheckpointManager",
 ]
 
 _TMP_SUFFIX = ".tmp"
-# Temporary files written by _atomic_write / CheckpointManager._update_last for the manager's own files.
-_STALE_TMP_PATTERN = re.compile(r"^\.(last\.pt|iter_\d+\.pt)\..+\.tmp$")
+# Temporary files of _atomic_write / CheckpointManager._update_last: .<target>.<host>.<pid>.<random>.tmp (targets:
+# last.pt, best.pt, iter_*.pt)
+_OWNED_TMP_PATTERN = re.compile(r"^\.(?:last\.pt|best\.pt|iter_\d+\.pt)\.(?P<host>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 _PLAIN_TYPES = (str, bytes, int, float, complex, bool, type(None))
 # torch.save writes a zip archive (since PyTorch 1.6); older checkpoints are a raw pickle (protocol >= 2).
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -60,6 +69,39 @@ _FILE_MODE = 0o666 & ~_read_umask()
 
 class CheckpointError(RuntimeError):
     """A checkpoint file is missing, unreadable, or does not hold the expected content."""
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (disk full, read-only or missing folder, ...); ``os_error`` says why."""
+
+    def __init__(self, message: str, os_error: OSError):
+        super().__init__(message)
+        self.os_error = os_error
+
+
+def _writer_tag() -> str:
+    """``<host>.<pid>``: who writes a temporary file, so that nobody else deletes it."""
+    return f"{socket.gethostname() or 'localhost'}.{os.getpid()}"
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The OSError behind ``error``: itself, or its cause / context (torch.save reports a failed write of its
+    zip writer as a RuntimeError raised while handling the OSError)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def describe_os_error(error: OSError) -> str:
+    """"No space left on device (errno 28)": the reason of a failed write, for one-line messages."""
+    reason = error.strerror or str(error)
+    code = f" (errno {error.errno}{', ' + errno.errorcode[error.errno] if error.errno in errno.errorcode else ''})" \
+        if error.errno else ""
+    return f"{reason}{code}"
 
 
 def _check_weights_only_types(obj: Any, where: str = "state") -> None:
@@ -102,7 +144,8 @@ def _atomic_write(path: str, write_fn) -> None:
     """Run ``write_fn(file)`` on a temporary file next to ``path`` and rename it over ``path``."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=_TMP_SUFFIX, dir=directory)
+    fd, tmp_path = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.{_writer_tag()}.", suffix=_TMP_SUFFIX,
+                                    dir=directory)
     try:
         if hasattr(os, "fchmod"):  # mkstemp creates 0600 files; give checkpoints the usual umask-based mode
             os.fchmod(fd, _FILE_MODE)
@@ -129,12 +172,29 @@ def save_checkpoint(path: str | os.PathLike, state: dict, *, check_types: bool =
 
     Raises:
         TypeError: a value would not be loadable with ``weights_only=True`` (nothing is written).
+        CheckpointWriteError: the file system refused the write (full, read-only, ...); ``path`` is unchanged.
     """
     if not isinstance(state, dict):
         raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
     if check_types:
         _check_weights_only_types(state)
-    _atomic_write(os.fspath(path), lambda file: torch.save(state, file))
+    path = os.fspath(path)
+    with _write_errors_named(path):
+        _atomic_write(path, lambda file: torch.save(state, file))
+
+
+@contextlib.contextmanager
+def _write_errors_named(path: str):
+    """Turn a write that failed on an OSError (also one torch.save wraps in a RuntimeError) into a
+    CheckpointWriteError naming ``path``; other errors pass unchanged."""
+    try:
+        yield
+    except (OSError, RuntimeError) as error:
+        os_error = _os_error_in(error)
+        if os_error is None or isinstance(error, CheckpointWriteError):
+            raise
+        raise CheckpointWriteError(f"cannot write checkpoint {path}: {describe_os_error(os_error)}",
+                                   os_error) from error
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
@@ -179,7 +239,8 @@ class CheckpointManager:
     (atomically, through a temporary link and ``os.replace``; a real file, not a symlink, so it survives
     pruning and copying the directory) or, on file systems without hard links, an atomic copy.
     Older ``iter_*.pt`` files beyond ``keep_last`` are deleted. Leftover temporary files of a run killed
-    mid-save are removed when the manager is created.
+    mid-save are removed when the manager is created: those of this process, and those of processes of this
+    host that are no longer running (the host and process id are in the name); a live writer's are left alone.
 
     Args:
         directory: where checkpoints live (created if missing), e.g. ``work_dir/checkpoints``.
@@ -234,13 +295,14 @@ class CheckpointManager:
             return self.last_path
         path = self.iter_path(iteration)
         save_checkpoint(path, state)
-        self._update_last(path)
+        with _write_errors_named(str(self.last_path)):
+            self._update_last(path)
         self._prune(keep=path)
         return path
 
     def _update_last(self, source: Path) -> None:
         directory = str(self.directory)
-        tmp_path = os.path.join(directory, f".{self.LAST_NAME}.link{_TMP_SUFFIX}")
+        tmp_path = os.path.join(directory, f".{self.LAST_NAME}.{_writer_tag()}.link{_TMP_SUFFIX}")
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_path)
         try:
@@ -265,10 +327,26 @@ class CheckpointManager:
                 path.unlink()
 
     def _remove_stale_temporaries(self) -> None:
+        host = socket.gethostname() or "localhost"
         for entry in self.directory.iterdir():
-            if _STALE_TMP_PATTERN.match(entry.name) and entry.is_file():
+            match = _OWNED_TMP_PATTERN.match(entry.name)
+            if match is None or match["host"] != host or not entry.is_file():
+                continue  # another host's writer (a shared file system) may be alive: not ours to judge
+            pid = int(match["pid"])
+            if pid == os.getpid() or not _process_alive(pid):
                 with contextlib.suppress(FileNotFoundError):
                     entry.unlink()
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (a process of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _copy_into(source: Path, file) -> None:

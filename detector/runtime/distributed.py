@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -30,7 +31,12 @@ __all__ = [
     "all_reduce_sum",
     "all_reduce_mean",
     "reduce_loss_dict",
+    "PeerProcessFailed",
+    "on_main_process",
+    "is_peer_failure",
 ]
+
+T = TypeVar("T")
 
 _REQUIRED_ENV = ("MASTER_ADDR", "MASTER_PORT")
 
@@ -203,3 +209,45 @@ def reduce_loss_dict(loss_dict: Mapping[str, torch.Tensor | float]) -> dict[str,
     averaged = all_reduce_mean(stacked).tolist()
     by_key = dict(zip(keys, averaged, strict=True))
     return {key: by_key[key] for key in loss_dict}
+
+
+class PeerProcessFailed(RuntimeError):
+    """Another process of the run failed and reports its own error; this one stops without one of its own."""
+
+
+def on_main_process(fn: Callable[[], T]) -> T | None:
+    """Run ``fn`` on the main process only; every process then goes on, or stops, together (collective).
+
+    Returns ``fn()``'s result on the main process (None elsewhere). When ``fn`` raises, the main process
+    re-raises its exception (and reports it) and the others raise :class:`PeerProcessFailed` instead of
+    waiting at the next collective for a process that is gone.
+    """
+    if get_world_size() == 1:
+        return fn()
+    result, failure = None, None
+    if is_main_process():
+        try:
+            result = fn()
+        except BaseException as error:  # shared with the others below, then re-raised
+            failure = error
+    outcome = [None if failure is None else f"{type(failure).__name__}: {failure}"]
+    dist.broadcast_object_list(outcome, src=0)
+    if failure is not None:
+        raise failure
+    if outcome[0] is not None:
+        raise PeerProcessFailed(f"process 0 stopped ({outcome[0]})")
+    return result
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """Whether ``error`` only says that another process of the group went away (a collective failed on a closed
+    connection: that process reports what went wrong), rather than what went wrong."""
+    if isinstance(error, PeerProcessFailed):
+        return True
+    if not is_distributed():
+        return False
+    if isinstance(error, getattr(dist, "DistError", ())):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        mark in text for mark in ("/gloo/", "Connection reset by peer", "Connection closed by peer", "NCCL"))

@@ -95,8 +95,13 @@ class MetricsLogger:
         for key, value in metrics.items():
             name = f"{prefix}/{key}" if prefix else str(key)
             record[name] = _to_python_scalar(name, value)
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+        except OSError as error:  # a full disk: keep training (the next checkpoint save says so), stop this file
+            logger.warning("cannot write %s (%s); no further metrics are written to it in this run",
+                           self.metrics_path, error)
+            self._stop_file()
         if self._writer is not None:
             for name, value in record.items():
                 if name != "iter" and not isinstance(value, str):
@@ -136,14 +141,20 @@ class MetricsLogger:
                                           num_thresholds=len(precision_np))
         self._writer.flush()
 
+    def _stop_file(self) -> None:
+        file, self._file = self._file, None  # a half-written line stays the last one, which readers skip
+        try:
+            file.close()
+        except OSError:
+            pass
+
     def close(self) -> None:
         """Flush and close the outputs (idempotent)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            self._stop_file()
 
     def __enter__(self) -> MetricsLogger:
         return self

@@ -12,10 +12,15 @@ writes its results; the tests compare them with the same work done by this singl
     duplicates, gathered in rank order).
 (c) when only rank 1 receives SIGTERM, both ranks stop after the same iteration and last.pt holds both
     ranks' RNG states.
+(d) ``tools/train.py`` with a broken val file, which rank 0 alone checks before training: rank 0 prints one
+    ``error:`` line, rank 1 exits with the same code in silence (no second report, no traceback, no hang).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import json
 import os
 import signal
@@ -132,6 +137,16 @@ def _worker(rank: int, port: int, out_dir: str, root: str) -> None:
     except TrainingInterrupted as stop:
         stopped = {"iteration": stop.iteration, "signal": signal.Signals(stop.signum).name}
     (out / f"stop_{rank}.json").write_text(json.dumps(stopped))
+    # (d) last: the tool's main() ends the process group
+    spec = importlib.util.spec_from_file_location("focaldet_train_tool", ROOT / "tools" / "train.py")
+    train_tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_tool)
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr):
+        code = train_tool.main([str(CONFIG), "--work-dir", str(out / "bad_val"), "--no-progress", "--opts",
+                                *tiny_opts(root, f"data.val.ann_file={out / 'broken_val.json'}",
+                                           "runtime.eval_at_end=true")])
+    (out / f"bad_val_{rank}.json").write_text(json.dumps({"code": code, "stderr": stderr.getvalue()}))
     destroy_distributed()
 
 
@@ -151,6 +166,7 @@ def data_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def two_processes(data_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ranks")
+    (out / "broken_val.json").write_text((data_root / "annotations" / "instances_val.json").read_text()[:-30])
     mp.spawn(_worker, args=(_free_port(), str(out), str(data_root)), nprocs=WORLD_SIZE, join=True)
     return out
 
@@ -194,6 +210,15 @@ def test_a_signal_on_one_rank_stops_every_rank_at_the_same_iteration(two_process
     assert state["iteration"] == 2 and state["world_size"] == WORLD_SIZE
     assert len(state["rng"]) == WORLD_SIZE
     assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])  # each rank's own stream
+
+
+def test_bad_input_met_by_rank_0_is_reported_once_and_rank_1_exits_quietly(two_processes):
+    rank_0, rank_1 = (json.loads((two_processes / f"bad_val_{rank}.json").read_text()) for rank in range(WORLD_SIZE))
+    assert rank_0["code"] == rank_1["code"] == 1
+    lines = rank_0["stderr"].strip().splitlines()
+    assert lines[-1].startswith("error: ") and str(two_processes / "broken_val.json") in lines[-1], rank_0["stderr"]
+    assert "Traceback" not in rank_0["stderr"] + rank_1["stderr"]
+    assert "error" not in rank_1["stderr"].lower(), rank_1["stderr"]
 
 
 def test_syncbn_on_cpu_processes_is_a_clear_error(two_processes):

@@ -6,6 +6,7 @@ The 2-process case (all ranks stop at the same iteration when only one is signal
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -99,3 +100,60 @@ def test_sigterm_mid_training_saves_a_loadable_checkpoint_and_resumes_to_the_uni
     assert final["iteration"] == expected["iteration"] == ITERS
     for key, value in expected["model"].items():
         assert torch.equal(final["model"][key], value), key
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_to_the_whole_process_group_with_loader_workers_checkpoints_the_last_step(tmp_path, signum):
+    """What SLURM's scancel, pre-emption and Kubernetes do: the signal reaches the main process and its
+    loader workers at once. The workers ignore it and keep serving batches until the main process has finished
+    its step and written last.pt; then everything exits, workers included."""
+    root = tmp_path / "syn"
+    opts = tiny_opts(root, "schedule.iters=100000", "schedule.steps=[]", "data.num_workers=2")
+    prepare_synthetic_data(load_config(CONFIG, opts))
+    proc = subprocess.Popen([sys.executable, "tools/train.py", str(CONFIG), "--work-dir", str(tmp_path / "run"),
+                             "--no-progress", "--opts", *opts], cwd=ROOT, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while max(logged_iterations(tmp_path / "run"), default=0) < 3:
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "no training progress"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signum)  # the process group: the main process and its 2 loader workers
+    _, stderr = proc.communicate(timeout=300)
+    name = signal.Signals(signum).name
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "killed by signal" not in stderr, stderr
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    stopped_at = load_checkpoint(last)["iteration"]
+    assert stopped_at >= 3
+    assert stderr.strip().splitlines()[-1] == (f"stopped by {name} after iteration {stopped_at}; checkpoint {last}; "
+                                               "continue with --resume")
+    assert max(logged_iterations(tmp_path / "run")) <= stopped_at
+    time.sleep(1.0)
+    with pytest.raises(ProcessLookupError):  # no worker outlived the run
+        os.killpg(proc.pid, 0)
+
+
+LOSS = r"\d+\.?\d*(?:e[-+]\d+)?"
+
+
+def test_no_progress_log_lines_on_the_console_and_in_train_log(tmp_path):
+    """Under nohup / SLURM (no terminal) every runtime.log_interval iterations one plain line; no progress bar;
+    the final evaluation printed once, in percent."""
+    root = tmp_path / "syn"
+    opts = tiny_opts(root, "schedule.max_iters=4", "runtime.log_interval=2", "runtime.eval_at_end=true")
+    prepare_synthetic_data(load_config(CONFIG, opts))
+    proc = train_cli(tmp_path / "run", opts)
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr
+    line = re.compile(
+        rf"iter (\d)/4 \| loss {LOSS} \(loss_cls {LOSS}, loss_box {LOSS}\) \| lr {LOSS} \| grad_norm {LOSS} \| "
+        rf"time {LOSS} s/it, data {LOSS} s \| eta \d+:\d\d:\d\d \| max_mem \d+ MB \(rss\)$")
+    console = [m.group(1) for m in map(line.search, stderr.splitlines()) if m]
+    assert console == ["2", "4"], stderr
+    log_file = (tmp_path / "run" / "train.log").read_text()
+    assert [m.group(1) for m in map(line.search, log_file.splitlines()) if m] == ["2", "4"], log_file
+    assert "\r" not in stderr and "it/s" not in stderr  # no tqdm bar without a terminal
+    assert stdout.count("| AP50 |") == 1 and "final evaluation (AP in percent" in stdout
+    assert "evaluation at iteration 4" not in stderr  # printed once: the table on stdout
+    assert re.search(r"evaluation at iteration 4: AP \d+\.\d, AP50 \d+\.\d, .* \(percent\)", log_file)

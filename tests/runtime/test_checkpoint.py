@@ -55,8 +55,9 @@ def test_crash_during_save_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypat
         raise OSError("simulated crash in the middle of torch.save")  # ... then the writer dies
 
     monkeypatch.setattr(ckpt.torch, "save", crashing_save)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(ckpt.CheckpointWriteError, match=f"cannot write checkpoint {path}: simulated crash") as error:
         save_checkpoint(path, _state(2.0))
+    assert isinstance(error.value.os_error, OSError)
     monkeypatch.setattr(ckpt.torch, "save", real_save)
 
     assert os.listdir(tmp_path) == ["last.pt"]  # no temporary file left behind
@@ -158,12 +159,25 @@ def test_manager_copies_last_when_hard_links_unsupported(tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 2
 
 
-def test_manager_removes_only_its_stale_temporaries(tmp_path):
-    (tmp_path / ".last.pt.abc123.tmp").write_bytes(b"partial")
-    (tmp_path / ".iter_0000010.pt.xyz.tmp").write_bytes(b"partial")
-    (tmp_path / ".user_notes.tmp").write_text("keep me")
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_manager_removes_only_temporaries_of_writers_that_are_gone(tmp_path):
+    import socket
+    host = socket.gethostname()
+    dead, alive = _dead_pid(), os.getppid()  # the parent (pytest's launcher) runs for the whole test
+    ours = [f".last.pt.{host}.{os.getpid()}.ab12.tmp", f".iter_0000010.pt.{host}.{dead}.xyz.tmp"]
+    theirs = [f".last.pt.{host}.{alive}.cd34.tmp",            # a live run writing into the same folder
+              f".last.pt.other-host.{dead}.ef56.tmp",          # another host of a shared file system
+              ".last.pt.abc123.tmp",                           # no writer named: cannot tell whose it is
+              ".user_notes.tmp"]
+    for name in ours + theirs:
+        (tmp_path / name).write_bytes(b"partial")
     CheckpointManager(tmp_path)
-    assert sorted(os.listdir(tmp_path)) == [".user_notes.tmp"]
+    assert sorted(os.listdir(tmp_path)) == sorted(theirs)
 
 
 def _draws():

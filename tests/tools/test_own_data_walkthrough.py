@@ -62,7 +62,10 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path):
     assert resolved["model"]["num_classes"] == 3 and resolved["data"]["synthetic"]["enabled"] is False
     assert (work_dir / "checkpoints" / "last.pt").is_file()
     assert "synthetic generator is off" in proc.stderr
-    assert re.search(r'"AP50": [0-9.]+', proc.stdout)  # train's and eval's final metrics lines
+    # train's and eval's final metrics tables (AP in percent), one row of six numbers under each header
+    assert proc.stdout.count("final evaluation (AP in percent") == 1 and proc.stdout.count("AP in percent") == 2
+    assert len(re.findall(r"\| AP +\| AP50 +\| AP75 +\| APs +\| APm +\| APl +\|\n.*\n\|(?: [0-9.]+ +\|){6}",
+                          proc.stdout)) >= 2
     assert "circle" in proc.stdout  # eval --per-class names the classes
     predictions = json.loads((work_dir / "predictions" / "predictions.json").read_text())
     assert len(predictions) == 12
