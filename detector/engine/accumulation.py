@@ -44,12 +44,21 @@ from torch import Tensor, nn
 from detector.losses import EqualizedFocalLoss
 from detector.runtime.model_state import unwrap_model
 
-__all__ = ["GradientAccumulator", "split_batch", "preserved_norm_statistics", "held_efl_ratios", "amp_autocast"]
+__all__ = ["GradientAccumulator", "split_batch", "preserved_norm_statistics", "held_efl_ratios", "amp_autocast",
+           "scaled_backward"]
 
 
 def amp_autocast(device: torch.device, dtype: torch.dtype | None) -> Callable[[], ContextManager]:
     """Makes the autocast context of a forward pass (``runtime.amp``): none when ``dtype`` is None."""
     return lambda: torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def scaled_backward(scaler: torch.amp.GradScaler) -> Callable[[Tensor], None]:
+    """``loss -> scaler.scale(loss).backward()``, holding the scaler alone (a closure over the trainer would
+    keep it, its DistributedDataParallel model and the process group alive until a garbage collection)."""
+    def backward(loss: Tensor) -> None:
+        scaler.scale(loss).backward()
+    return backward
 
 
 def split_batch(images: Tensor, targets: list[dict], num_parts: int) -> list[tuple[Tensor, list[dict]]]:

@@ -48,7 +48,7 @@ from tqdm import tqdm
 from detector.config import save_config
 from detector.config_schema import Config
 from detector.data.build import build_train_loader, prepare_synthetic_data
-from detector.engine.accumulation import GradientAccumulator, amp_autocast
+from detector.engine.accumulation import GradientAccumulator, amp_autocast, scaled_backward
 from detector.engine.best_checkpoint import BEST_KEY, BestTracker
 from detector.engine.ema import EMA_KEY, ModelEMA
 from detector.engine.evaluate import check_val_set, evaluate_model
@@ -129,7 +129,7 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
         self.accumulator = GradientAccumulator(self.model, cfg.schedule.accumulate, cfg.data.batch_size // world_size,
                                                cfg.schedule.accumulate_exact, amp_autocast(self.device, self.amp_dtype),
-                                               lambda loss: self.scaler.scale(loss).backward())
+                                               scaled_backward(self.scaler))
         self.ema = ModelEMA(model, cfg.runtime.ema.decay, cfg.runtime.ema.warmup) if cfg.runtime.ema.decay else None
         self.best = BestTracker(cfg.evaluation.save_best, cfg.runtime.early_stop_patience)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
