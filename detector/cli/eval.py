@@ -23,7 +23,7 @@ import argparse
 import logging
 import sys
 
-from detector.cli.args import add_config_argument, add_opts_argument, tool_parser
+from detector.cli.args import add_config_argument, add_opts_argument, add_raw_weights_argument, tool_parser
 
 # torch, the datasets (lvis) and the evaluators are imported once the command line is parsed (``--help`` answers
 # at once).
@@ -37,6 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", help="write the model's detections to this COCO-format results JSON")
     parser.add_argument("--metrics-out", help="write the metrics as flat JSON")
     parser.add_argument("--per-class", action="store_true", help="print AP per class")
+    add_raw_weights_argument(parser)
     add_opts_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--shard-dir", default="work_dirs/eval_shards",
@@ -78,7 +79,7 @@ def score_results_file(cfg, path: str, per_class: bool) -> dict:
 
 
 def evaluate_checkpoint(cfg, config: str, checkpoint: str, out: str | None, per_class: bool, progress: bool,
-                        shard_dir: str) -> dict:
+                        shard_dir: str, raw_weights: bool = False) -> dict:
     import torch
 
     from detector.cli.common import load_trained_model
@@ -88,7 +89,7 @@ def evaluate_checkpoint(cfg, config: str, checkpoint: str, out: str | None, per_
 
     _, _, local_rank = init_distributed()
     device = resolve_device(cfg.runtime.device, local_rank)
-    model = load_trained_model(cfg, checkpoint, config)
+    model = load_trained_model(cfg, checkpoint, config, prefer_ema=not raw_weights)
     if cfg.data.on_bad_image == "skip":
         logging.getLogger("detector").warning(
             "data.on_bad_image=skip: an unreadable val image is replaced by the next one, which is then scored "
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         metrics = score_results_file(cfg, args.results, args.per_class)
     else:
         metrics = evaluate_checkpoint(cfg, args.config, args.checkpoint, args.out, args.per_class,
-                                      not args.no_progress, args.shard_dir)
+                                      not args.no_progress, args.shard_dir, args.raw_weights)
     if not is_main_process():
         return 0
     print("AP in percent" + ("; --metrics-out keeps fractions:" if args.metrics_out else ":"))

@@ -25,7 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from detector.cli.args import add_opts_argument, tool_parser
+from detector.cli.args import add_opts_argument, add_raw_weights_argument, run_command, tool_parser
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript"}
@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=1, help="batch size of the traced input (default 1)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17, at least 11)")
     parser.add_argument("--config", help="the model's config, for checkpoints that do not carry one")
+    add_raw_weights_argument(parser)
     add_opts_argument(parser, "config overrides, e.g. model.test.score_thr=0.3 model.test.max_dets=50")
     args = parser.parse_args(argv)
     if args.out is None:
@@ -52,7 +53,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     from detector.predict import Detector
 
-    detector = Detector(args.config, args.checkpoint, device="cpu", overrides=args.opts)
+    detector = Detector(args.config, args.checkpoint, device="cpu", overrides=args.opts, ema=not args.raw_weights)
     path = detector.export(args.out, args.format, input_size=args.input_size, dynamic=args.dynamic,
                            opset=args.opset, batch_size=args.batch_size)
     size_mb = path.stat().st_size / 1e6
@@ -62,11 +63,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from detector.cli.common import run_tool, start_logging
-
-    start_logging()
-    return run_tool(lambda: run(args))
+    return run_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":

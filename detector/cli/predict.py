@@ -27,7 +27,7 @@ import signal
 import sys
 from pathlib import Path
 
-from detector.cli.args import add_opts_argument, tool_parser
+from detector.cli.args import add_opts_argument, add_raw_weights_argument, run_command, tool_parser
 
 # torch and the model code are imported once the command line is parsed (``--help`` answers at once).
 
@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available, else cpu)")
     parser.add_argument("--config", help="the model's config, for checkpoints that do not carry one")
+    add_raw_weights_argument(parser)
     add_opts_argument(parser, "config overrides, e.g. model.test.score_thr=0.01 data.test_min_size=640")
     parser.add_argument("--tta", action="store_true", help="test-time augmentation: the config's evaluation.tta, "
                         "else a left-right flip at the test size (set scales with --opts evaluation.tta.scales=[...])")
@@ -70,9 +71,11 @@ def run(args: argparse.Namespace) -> int:
     from detector.predict.streaming import identity
 
     if args.config:
-        detector = Detector(args.config, args.checkpoint, device=args.device, overrides=args.opts)
+        detector = Detector(args.config, args.checkpoint, device=args.device, overrides=args.opts,
+                            ema=not args.raw_weights)
     else:
-        detector = Detector.from_checkpoint(args.checkpoint, device=args.device, overrides=args.opts)
+        detector = Detector.from_checkpoint(args.checkpoint, device=args.device, overrides=args.opts,
+                                            ema=not args.raw_weights)
     out_dir = Path(args.out_dir)
     paths = find_images(args.inputs, exclude=out_dir)
     dataset = ImageFiles(paths, detector.preparer, keep_original=not args.no_draw)
@@ -95,11 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from detector.cli.common import run_tool, start_logging
-
-    start_logging()
-    return run_tool(lambda: run(args))
+    return run_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -24,11 +24,11 @@ import math
 import torch
 from torch import nn
 
+from detector.runtime.model_state import EMA_KEY
+
 __all__ = ["ModelEMA", "EMA_KEY"]
 
 logger = logging.getLogger("detector.engine")
-
-EMA_KEY = "ema"
 
 
 class ModelEMA:

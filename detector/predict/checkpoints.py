@@ -149,11 +149,13 @@ def build_inference_model(cfg: Config) -> nn.Module:
                                            backbone=dataclasses.replace(m.backbone, weights=None)))
 
 
-def load_weights(model: nn.Module, state: dict, checkpoint: str | os.PathLike, config_name: str | None = None) -> None:
-    """Load a loaded checkpoint's model weights into ``model``; weights of another architecture raise
-    CheckpointError listing the keys and shapes, naming the checkpoint and the config it was tried with."""
+def load_weights(model: nn.Module, state: dict, checkpoint: str | os.PathLike, config_name: str | None = None,
+                 prefer_ema: bool = False) -> None:
+    """Load a loaded checkpoint's model weights into ``model`` (with ``prefer_ema``, its moving average of the
+    weights when it holds one); weights of another architecture raise CheckpointError listing the keys and
+    shapes, naming the checkpoint and the config it was tried with."""
     try:
-        load_model_state(model, model_state_from_checkpoint(state, checkpoint))
+        load_model_state(model, model_state_from_checkpoint(state, checkpoint, prefer_ema))
     except StateDictMismatchError as err:
         against = f" than {config_name}" if config_name else ""
         raise CheckpointError(f"checkpoint {os.fspath(checkpoint)}: {err}\n  (was it trained with another config"

@@ -62,10 +62,12 @@ class Detector:
         checkpoint: a focaldet checkpoint (training's ``last.pt``, a converted or published file).
         device: "cpu", "cuda", "cuda:1", a torch.device, or None for CUDA when available, else the CPU.
         overrides: ``KEY=VALUE`` config overrides (e.g. ``model.test.score_thr=0.01``), applied to the config.
+        ema: with a training checkpoint holding a moving average of the weights (``runtime.ema``), use the
+            average (what training evaluated); False uses the raw weights.
     """
 
     def __init__(self, config: str | os.PathLike | Config | None, checkpoint: str | os.PathLike,
-                 device: str | torch.device | None = None, overrides: Sequence[str] = ()):
+                 device: str | torch.device | None = None, overrides: Sequence[str] = (), ema: bool = True):
         state = load_checkpoint(checkpoint, map_location="cpu")
         if config is not None and not isinstance(config, Config):
             config = load_config(config, overrides)
@@ -74,7 +76,7 @@ class Detector:
         self.category_ids: list[int] = list(meta["category_ids"])
         self.device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
         self.model = build_inference_model(self.config)
-        load_weights(self.model, state, checkpoint, None if config is None else "the given config")
+        load_weights(self.model, state, checkpoint, None if config is None else "the given config", prefer_ema=ema)
         del state
         self.model.to(self.device).eval()
         if self.config.runtime.channels_last:
@@ -86,10 +88,11 @@ class Detector:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device | None = None,
-                        overrides: Sequence[str] = ()) -> "Detector":
+                        overrides: Sequence[str] = (), ema: bool = True) -> "Detector":
         """The model of a checkpoint that carries its config and class names (every checkpoint focaldet writes
-        since they carry metadata), with optional ``KEY=VALUE`` overrides of that config."""
-        return cls(None, path, device=device, overrides=overrides)
+        since they carry metadata), with optional ``KEY=VALUE`` overrides of that config (``ema``: see the
+        class)."""
+        return cls(None, path, device=device, overrides=overrides, ema=ema)
 
     @property
     def score_thr(self) -> float:

@@ -17,12 +17,9 @@ from pathlib import Path
 from detector.config_schema import Config
 from detector.predict.checkpoints import META_KEY, build_inference_model, load_weights, resolve_config_and_meta
 from detector.runtime.checkpoint import load_checkpoint, save_checkpoint
-from detector.runtime.model_state import model_state_from_checkpoint
+from detector.runtime.model_state import EMA_KEY, has_ema_weights, model_state_from_checkpoint
 
 __all__ = ["publish_checkpoint", "file_sha256"]
-
-EMA_KEY = "ema"
-
 
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file's bytes."""
@@ -45,9 +42,8 @@ def publish_checkpoint(source: str | os.PathLike, out: str | os.PathLike, config
     Raises CheckpointError naming the file when it has no weights, no metadata and no config is given, or weights
     that do not fit the model of its config."""
     state = load_checkpoint(source, map_location="cpu")
-    which = "ema" if isinstance(state.get(EMA_KEY), dict) else "model"
-    weights = model_state_from_checkpoint(state[EMA_KEY] if which == "ema" else state,
-                                          f"{os.fspath(source)}{' (ema)' if which == 'ema' else ''}")
+    which = EMA_KEY if has_ema_weights(state) else "model"
+    weights = model_state_from_checkpoint(state, source, prefer_ema=True)
     cfg, meta = resolve_config_and_meta(source, state, config)
     load_weights(build_inference_model(cfg), {"model": weights}, source)  # refuse weights that would not load
     published = {"model": {key: value.detach().clone().contiguous() for key, value in weights.items()},

@@ -19,6 +19,8 @@ __all__ = [
     "load_model_checkpoint",
     "model_kind",
     "model_state_from_checkpoint",
+    "has_ema_weights",
+    "EMA_KEY",
     "unwrap_model",
 ]
 
@@ -169,15 +171,28 @@ def load_model_state(model: nn.Module, state_dict: dict[str, Any], strict: bool 
     return result
 
 
-def model_state_from_checkpoint(state: dict, path: str | os.PathLike = "checkpoint") -> dict[str, torch.Tensor]:
+EMA_KEY = "ema"  # a training checkpoint's entry holding the moving average of the weights (runtime.ema)
+
+
+def has_ema_weights(state: dict) -> bool:
+    """True when a loaded checkpoint holds a moving average of the weights (``runtime.ema``)."""
+    return isinstance(state.get(EMA_KEY), dict) and "model" in state[EMA_KEY]
+
+
+def model_state_from_checkpoint(state: dict, path: str | os.PathLike = "checkpoint",
+                                prefer_ema: bool = False) -> dict[str, torch.Tensor]:
     """The model's state dict inside a loaded checkpoint: ``state["model"]`` (what the trainer saves), or
-    ``state`` itself when it is a bare state dict (every value a tensor, e.g. exported weights).
+    ``state`` itself when it is a bare state dict (every value a tensor, e.g. exported weights). With
+    ``prefer_ema``, a training checkpoint's moving average of the weights (``state["ema"]["model"]``, written
+    with ``runtime.ema``) when it holds one: the weights training evaluated.
 
     Raises:
         CheckpointError: naming the file, when there is no ``"model"`` entry and ``state`` is not a state
             dict, or when the state dict is not a mapping of names to tensors.
     """
     path = os.fspath(path)
+    if prefer_ema and has_ema_weights(state):
+        state, path = state[EMA_KEY], f"{path} ({EMA_KEY})"
     if "model" in state:
         state_dict = state["model"]
         where = f"checkpoint {path}: entry 'model'"
@@ -197,15 +212,19 @@ def model_state_from_checkpoint(state: dict, path: str | os.PathLike = "checkpoi
 
 
 def load_model_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True,
-                          model_type: str | None = None) -> LoadResult:
+                          model_type: str | None = None, prefer_ema: bool = False) -> LoadResult:
     """Load the model weights of checkpoint ``path`` into ``model`` (see :func:`load_model_state`).
 
     Every error names the file: :class:`CheckpointError` for a missing, unreadable or foreign file (not a
     checkpoint, garbage bytes, JSON, a checkpoint without model weights) and :class:`StateDictMismatchError`
     (with its key lists) for weights that do not fit the model, e.g. from a config with another
     ``model.num_classes`` or backbone depth; its message is one line when the checkpoint holds another kind
-    of detector (``model_type``, the config's ``model.type``, is then named).
+    of detector (``model_type``, the config's ``model.type``, is then named). ``prefer_ema``: see
+    :func:`model_state_from_checkpoint`.
     """
     path = os.fspath(path)
-    state_dict = model_state_from_checkpoint(load_checkpoint(path, map_location="cpu"), path)
+    state = load_checkpoint(path, map_location="cpu")
+    if prefer_ema and has_ema_weights(state):
+        logger.info("%s: evaluating the moving average of the weights (runtime.ema) it holds", path)
+    state_dict = model_state_from_checkpoint(state, path, prefer_ema)
     return load_model_state(model, state_dict, strict=strict, source=f"checkpoint {path}", model_type=model_type)

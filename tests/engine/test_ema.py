@@ -1,6 +1,7 @@
 """runtime.ema (detector.engine.ema): the average's arithmetic against hand-computed values, the ramp, integer
 buffers, and in training: evaluation runs on the average, the checkpoint's ``ema`` entry is a state dict of the
-model's keys that publish_checkpoint's reader (model_state_from_checkpoint) accepts and the model loads.
+model's keys that publish_checkpoint's reader (model_state_from_checkpoint) accepts and the model loads, and
+tools/eval.py, tools/predict.py and Detector use it unless told to take the raw weights.
 Exact resume with EMA is in test_trainer_resume.py."""
 
 from __future__ import annotations
@@ -12,16 +13,22 @@ import pytest
 import torch
 from torch import nn
 
+from detector.cli import eval as eval_cli
+from detector.cli import export as export_cli
+from detector.cli import predict as predict_cli
+from detector.cli.common import load_trained_model
 from detector.config import load_config
 from detector.engine import trainer as trainer_module
 from detector.engine.ema import ModelEMA
 from detector.engine.trainer import Trainer
 from detector.models import build_model
+from detector.predict import Detector
 from detector.runtime.checkpoint import load_checkpoint
 from detector.runtime.model_state import model_state_from_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "quickstart.yaml"
+tool_args = {eval_cli: [], predict_cli: ["image.jpg", "--out-dir", "out"], export_cli: ["--format", "onnx"]}
 
 
 class Tiny(nn.Module):
@@ -117,6 +124,16 @@ def test_training_evaluates_and_checkpoints_the_average(tmp_path, monkeypatch):
     assert torch.equal(evaluated[-1][key], state["ema"]["model"][key])  # the end-of-run evaluation saw the average
     weights = model_state_from_checkpoint(state["ema"], "last.pt (ema)")  # what publish_checkpoint reads
     build_model(cfg).load_state_dict(weights)  # strict: exactly the model's keys
+
+    # Inference takes the average by default, as training evaluated it, and the raw weights when told so.
+    checkpoint = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    for ema, expected in ((True, state["ema"]["model"]), (False, state["model"])):
+        for model in (load_trained_model(cfg, checkpoint, prefer_ema=ema), Detector.from_checkpoint(checkpoint,
+                                                                                                    ema=ema).model):
+            assert torch.equal(model.state_dict()[key], expected[key]), ema
+    for tool in (eval_cli, predict_cli, export_cli):
+        assert not tool.parse_args([checkpoint, *tool_args[tool]]).raw_weights
+        assert tool.parse_args([checkpoint, *tool_args[tool], "--raw-weights"]).raw_weights
 
 
 def test_resuming_a_checkpoint_without_ema_starts_the_average_from_it(tmp_path, caplog):
