@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detector.cli.common import add_config_argument, add_opts_argument, load_tool_config, run_tool, tool_parser
+from detector.cli.common import add_config_argument, add_opts_argument, load_tool_config, run_command, tool_parser
 from detector.models import build_model
 from detector.models.analysis import analyze, format_table, padded_size
 
@@ -50,8 +50,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    return run_tool(lambda: run(args), bad_input=())
+    return run_command(parse_args, run, argv, log=False, bad_input=())
 
 
 if __name__ == "__main__":

@@ -19,8 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from detector.cli.common import (add_config_argument, add_opts_argument, load_tool_config, run_tool, start_logging,
-                                 tool_parser)
+from detector.cli.common import add_config_argument, add_opts_argument, load_tool_config, run_command, tool_parser
 from detector.data.build import build_train_loader, build_val_loader, prepare_synthetic_data
 from detector.visualization import iter_drawn_samples, save_png
 
@@ -61,9 +60,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    start_logging()
-    return run_tool(lambda: run(args))
+    return run_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detector.cli.common import run_tool, tool_parser
+from detector.cli.common import run_command, tool_parser
 from detector.conversion.torchvision_retinanet import DEFAULT_BN_EPS, ConversionError, convert_torchvision
 
 
@@ -55,8 +55,7 @@ def convert(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    return run_tool(lambda: convert(args), bad_input=(ConversionError, FileNotFoundError, OSError))
+    return run_command(parse_args, convert, argv, log=False, bad_input=(ConversionError, FileNotFoundError, OSError))
 
 
 if __name__ == "__main__":

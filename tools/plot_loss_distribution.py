@@ -19,7 +19,7 @@ from detector.analysis.loss_distribution import (NEGATIVE_MODES, collect_classif
                                                  loss_distribution_readings, num_samples_text,
                                                  plot_loss_distribution)
 from detector.cli.common import (add_config_argument, add_opts_argument, load_tool_config, load_trained_model,
-                                 run_tool, start_logging, tool_parser)
+                                 run_command, tool_parser)
 from detector.data.build import build_val_loader, prepare_synthetic_data
 from detector.runtime.device import resolve_device
 
@@ -53,9 +53,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    start_logging()
-    return run_tool(lambda: run(args))
+    return run_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":

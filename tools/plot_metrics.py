@@ -9,7 +9,7 @@ import argparse
 import sys
 
 from detector.analysis.metrics_plot import load_run, plot_metrics
-from detector.cli.common import run_tool, tool_parser
+from detector.cli.common import run_command, tool_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -36,8 +36,7 @@ def plot(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    return run_tool(lambda: plot(args), bad_input=(FileNotFoundError, ValueError))
+    return run_command(parse_args, plot, argv, log=False, bad_input=(FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,7 @@ from pathlib import Path
 
 from detector.analysis.sample_ratio import (annotation_batches, count_samples, format_counts, instances_per_class,
                                             plot_sample_ratio)
-from detector.cli.common import (add_config_argument, add_opts_argument, load_tool_config, run_tool, start_logging,
-                                 tool_parser)
+from detector.cli.common import add_config_argument, add_opts_argument, load_tool_config, run_command, tool_parser
 from detector.data.build import DATASETS, prepare_synthetic_data
 from detector.models import build_model
 
@@ -62,9 +61,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    start_logging()
-    return run_tool(lambda: run(args), bad_input=(FileNotFoundError, ValueError))
+    return run_command(parse_args, run, argv, bad_input=(FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":

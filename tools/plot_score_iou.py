@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 
 from detector.analysis.score_iou import collect_score_iou, plot_score_iou
-from detector.cli.common import (add_opts_argument, load_tool_config, load_trained_model, run_tool, start_logging,
-                                 tool_parser)
+from detector.cli.common import add_opts_argument, load_tool_config, load_trained_model, run_command, tool_parser
 from detector.data.build import build_val_loader, prepare_synthetic_data
 from detector.runtime.device import resolve_device
 
@@ -55,9 +54,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    start_logging()
-    return run_tool(lambda: run(args))
+    return run_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from detector.cli.common import (add_config_argument, add_opts_argument, load_tool_config, load_trained_model,
-                                 run_tool, start_logging, tool_parser)
+                                 run_command, tool_parser)
 from detector.data.build import build_dataset, prepare_synthetic_data
 from detector.evaluation import load_results
 from detector.runtime.device import resolve_amp_dtype, resolve_device
@@ -88,9 +88,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    start_logging()
-    return run_tool(lambda: run(args))
+    return run_command(parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 
 from torch import nn
 
-from detector.cli.args import add_config_argument, add_opts_argument, tool_parser
+from detector.cli.args import add_config_argument, add_opts_argument, run_command, tool_parser
 from detector.config import ConfigError, load_config
 from detector.config_schema import Config
 from detector.data.detection_dataset import BadImageError
@@ -38,7 +38,7 @@ from detector.runtime.work_dir import OutputPathError
 
 __all__ = ["EXIT_OK", "EXIT_BAD_INPUT", "EXIT_BAD_CONFIG", "EXIT_INTERRUPTED", "BAD_INPUT_ERRORS", "tool_parser",
            "add_config_argument", "add_opts_argument", "start_logging", "load_tool_config", "load_checkpoint_config",
-           "load_trained_model", "report_error", "run_tool"]
+           "load_trained_model", "report_error", "run_tool", "run_command"]
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
@@ -77,13 +77,15 @@ def load_checkpoint_config(checkpoint: str, config_path: str | None = None, opts
     return config_from_meta(meta, checkpoint, [*fixed, *opts])
 
 
-def load_trained_model(cfg: Config, checkpoint: str, config_path: str | None = None) -> nn.Module:
+def load_trained_model(cfg: Config, checkpoint: str, config_path: str | None = None,
+                       prefer_ema: bool = True) -> nn.Module:
     """The model of ``cfg`` with the weights of ``checkpoint`` (on the CPU; no backbone weights are fetched nor
-    ``model.init_checkpoint`` read: the checkpoint overwrites them). Weights of another architecture raise
-    CheckpointError listing the keys and shapes, naming the checkpoint and the config it was tried with."""
+    ``model.init_checkpoint`` read: the checkpoint overwrites them), its moving average of the weights when it
+    holds one and ``prefer_ema``. Weights of another architecture raise CheckpointError listing the keys and
+    shapes, naming the checkpoint and the config it was tried with."""
     model = build_inference_model(cfg)
     try:
-        load_model_checkpoint(model, checkpoint, model_type=cfg.model.type)
+        load_model_checkpoint(model, checkpoint, model_type=cfg.model.type, prefer_ema=prefer_ema)
     except StateDictMismatchError as err:
         if err.saved_kind:  # weights of another kind of detector: the message already says both kinds
             raise CheckpointError(str(err)) from None

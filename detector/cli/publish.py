@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from detector.cli.args import tool_parser
+from detector.cli.args import run_command, tool_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,10 +44,7 @@ def publish(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    from detector.cli.common import run_tool
-
-    return run_tool(lambda: publish(args))
+    return run_command(parse_args, publish, argv, log=False)
 
 
 if __name__ == "__main__":
