@@ -14,6 +14,9 @@ writes its results; the tests compare them with the same work done by this singl
     ranks' RNG states.
 (d) ``tools/train.py`` with a broken val file, which rank 0 alone checks before training: rank 0 prints one
     ``error:`` line, rank 1 exits with the same code in silence (no second report, no traceback, no hang).
+
+Then torchrun end to end: a quick run, and a pre-empted job with loader workers (SIGTERM to every process of
+the job, SIGHUP to torchrun's process group alone) that must stop at one checkpointed step and resume from it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import weakref
 from pathlib import Path
 
@@ -258,3 +262,82 @@ def test_torchrun_quickstart_on_the_cpu(data_root, tmp_path):
     assert [r["iter"] for r in records if "train/loss" in r] == [1, 2, 3, 4]  # rank 0 alone writes
     assert [r["iter"] for r in records if "val/AP" in r] == [4]
     assert proc.stdout.count("| AP50 |") == 1  # the table, printed by rank 0 only
+
+
+def torchrun(work_dir: Path, opts: list[str], *args: str) -> subprocess.Popen:
+    """``torchrun --standalone --nproc_per_node 2 tools/train.py``, in a session of its own (as a batch job)."""
+    launcher = Path(sys.executable).parent / "torchrun"
+    launch = [str(launcher)] if launcher.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+    return subprocess.Popen([*launch, "--standalone", "--nproc_per_node", "2", "tools/train.py", str(CONFIG),
+                             "--work-dir", str(work_dir), "--no-progress", *args, "--opts", *opts], cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: torchrun's ranks (each in a session of its own) and their loader workers."""
+    children = []
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            children += [int(child) for child in Path(f"/proc/{pid}/task/{thread}/children").read_text().split()]
+    return [process for child in children for process in (child, *descendants(child))]
+
+
+def logged_iterations(work_dir: Path) -> list[int]:
+    """The training iterations in metrics.jsonl (a line still being written is left out)."""
+    path = work_dir / "metrics.jsonl"
+    iterations = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        with contextlib.suppress(ValueError):
+            iterations.append(json.loads(line)["iter"])
+    return iterations
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+@pytest.mark.parametrize("signum, every_process", [(signal.SIGTERM, True), (signal.SIGHUP, False)],
+                         ids=["SIGTERM to every process (scancel)", "SIGHUP to torchrun's group (closed terminal)"])
+def test_a_signal_to_a_torchrun_job_with_loader_workers_stops_every_rank_at_one_checkpointed_step(
+        data_root, tmp_path, signum, every_process):
+    """torchrun starts each rank in a session of its own and, on SIGTERM / SIGINT / SIGHUP, sends the signal on
+    to every rank's process group (rank and loader workers); SIGKILL follows after --shutdown-timeout (30 s)."""
+    work_dir, name = tmp_path / "run", signal.Signals(signum).name
+    opts = tiny_opts(data_root, "schedule.iters=100000", "schedule.steps=[]", "data.num_workers=2")
+    job = torchrun(work_dir, opts)
+    deadline = time.monotonic() + 300
+    while max(logged_iterations(work_dir), default=0) < 3:
+        assert job.poll() is None, job.communicate()[1]
+        assert time.monotonic() < deadline, "no training progress"
+        time.sleep(0.05)
+    processes = descendants(job.pid)
+    assert len(processes) == 6  # 2 ranks, 2 loader workers each
+    groups = {job.pid} | ({os.getpgid(pid) for pid in processes} if every_process else set())
+    for group in groups:
+        os.killpg(group, signum)
+    _, stderr = job.communicate(timeout=120)
+    last = work_dir / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    stopped_at = state["iteration"]
+    # every rank took part in the save (its RNG state gathered): they stopped after the same step
+    assert stopped_at >= 3 and state["world_size"] == 2 and len(state["rng"]) == 2
+    assert logged_iterations(work_dir)[-1] == stopped_at  # the step in flight finished, no further one
+    stop_line = f"stopped by {name} after iteration {stopped_at}; checkpoint {last}; continue with --resume"
+    assert stderr.count(stop_line) == 1 and stderr.count("stopped by") == 1, stderr
+    # torchrun's own report: it forwards the signal, the ranks end in time (no SIGKILL), then it raises its
+    # SignalException (a traceback of torchrun's frames alone) and exits 1
+    assert f"Received {int(signum)} death signal, shutting down workers" in stderr, stderr
+    assert "forcefully exiting" not in stderr and "killed by signal" not in stderr, stderr
+    assert stderr.count("Traceback") == 1, stderr
+    traceback = stderr[stderr.index("Traceback"):]
+    assert "detector" not in traceback and "tools/train.py" not in traceback, traceback
+    assert traceback.strip().endswith(f"SignalException: Process {job.pid} got signal: {int(signum)}"), traceback
+    assert job.returncode == 1
+    time.sleep(1.0)
+    assert [pid for pid in processes if Path(f"/proc/{pid}").exists()] == []  # no rank or worker left
+    if signum != signal.SIGTERM:
+        return
+    resumed = torchrun(work_dir, [*opts, f"schedule.max_iters={stopped_at + 2}"], "--resume")
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert f"resumed from {last} at iteration {stopped_at}" in stderr
+    assert load_checkpoint(last)["iteration"] == stopped_at + 2
+    assert logged_iterations(work_dir)[-3:] == [stopped_at, stopped_at + 1, stopped_at + 2]
