@@ -293,36 +293,33 @@ def logged_iterations(work_dir: Path) -> list[int]:
     return iterations
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
-@pytest.mark.parametrize("signum, every_process", [(signal.SIGTERM, True), (signal.SIGHUP, False)],
-                         ids=["SIGTERM to every process (scancel)", "SIGHUP to torchrun's group (closed terminal)"])
-def test_a_signal_to_a_torchrun_job_with_loader_workers_stops_every_rank_at_one_checkpointed_step(
-        data_root, tmp_path, signum, every_process):
-    """torchrun starts each rank in a session of its own and, on SIGTERM / SIGINT / SIGHUP, sends the signal on
-    to every rank's process group (rank and loader workers); SIGKILL follows after --shutdown-timeout (30 s)."""
-    work_dir, name = tmp_path / "run", signal.Signals(signum).name
-    opts = tiny_opts(data_root, "schedule.iters=100000", "schedule.steps=[]", "data.num_workers=2")
-    job = torchrun(work_dir, opts)
+def signal_torchrun_job(work_dir: Path, opts: list[str], signum: int, every_process: bool, resume_at: int = 0) -> int:
+    """Run 2 ranks with 2 loader workers each (resuming from last.pt at ``resume_at`` when > 0) until 2 more steps
+    are logged, send ``signum`` to torchrun's process group (with ``every_process``, also to each rank's group,
+    loader workers included, as ``scancel`` does), check the stop and return the iteration last.pt holds."""
+    job, last = torchrun(work_dir, opts, *(["--resume"] if resume_at else [])), work_dir / "checkpoints" / "last.pt"
     deadline = time.monotonic() + 300
-    while max(logged_iterations(work_dir), default=0) < 3:
+    while max(logged_iterations(work_dir), default=0) < resume_at + 2:
         assert job.poll() is None, job.communicate()[1]
         assert time.monotonic() < deadline, "no training progress"
         time.sleep(0.05)
     processes = descendants(job.pid)
     assert len(processes) == 6  # 2 ranks, 2 loader workers each
-    groups = {job.pid} | ({os.getpgid(pid) for pid in processes} if every_process else set())
-    for group in groups:
+    os.killpg(job.pid, signum)
+    for group in sorted({os.getpgid(pid) for pid in processes}) if every_process else []:
         os.killpg(group, signum)
     _, stderr = job.communicate(timeout=120)
-    last = work_dir / "checkpoints" / "last.pt"
     state = load_checkpoint(last)
-    stopped_at = state["iteration"]
+    stopped_at, name = state["iteration"], signal.Signals(signum).name
     # every rank took part in the save (its RNG state gathered): they stopped after the same step
-    assert stopped_at >= 3 and state["world_size"] == 2 and len(state["rng"]) == 2
+    assert stopped_at >= resume_at + 2 and state["world_size"] == 2 and len(state["rng"]) == 2
     assert logged_iterations(work_dir)[-1] == stopped_at  # the step in flight finished, no further one
+    if resume_at:
+        assert f"resumed from {last} at iteration {resume_at}" in stderr, stderr
+        assert logged_iterations(work_dir)[:resume_at + 1] == list(range(1, resume_at + 2))
     stop_line = f"stopped by {name} after iteration {stopped_at}; checkpoint {last}; continue with --resume"
     assert stderr.count(stop_line) == 1 and stderr.count("stopped by") == 1, stderr
-    # torchrun's own report: it forwards the signal, the ranks end in time (no SIGKILL), then it raises its
+    # torchrun's own report: it sends the signal on, its ranks end in time (no SIGKILL), then it raises its
     # SignalException (a traceback of torchrun's frames alone) and exits 1
     assert f"Received {int(signum)} death signal, shutting down workers" in stderr, stderr
     assert "forcefully exiting" not in stderr and "killed by signal" not in stderr, stderr
@@ -333,11 +330,16 @@ def test_a_signal_to_a_torchrun_job_with_loader_workers_stops_every_rank_at_one_
     assert job.returncode == 1
     time.sleep(1.0)
     assert [pid for pid in processes if Path(f"/proc/{pid}").exists()] == []  # no rank or worker left
-    if signum != signal.SIGTERM:
-        return
-    resumed = torchrun(work_dir, [*opts, f"schedule.max_iters={stopped_at + 2}"], "--resume")
-    _, stderr = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, stderr
-    assert f"resumed from {last} at iteration {stopped_at}" in stderr
-    assert load_checkpoint(last)["iteration"] == stopped_at + 2
-    assert logged_iterations(work_dir)[-3:] == [stopped_at, stopped_at + 1, stopped_at + 2]
+    return stopped_at
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+def test_a_signal_to_a_torchrun_job_with_loader_workers_stops_every_rank_at_one_checkpointed_step(data_root,
+                                                                                                 tmp_path):
+    """torchrun starts each rank in a session of its own and, on SIGTERM / SIGINT / SIGHUP, sends the signal on
+    to every rank's process group (rank and loader workers); SIGKILL follows after --shutdown-timeout (30 s).
+    First SIGTERM to every process of the job (scancel); then the resumed run gets SIGHUP on torchrun's process
+    group alone (a closed terminal; Kubernetes signals torchrun alone too)."""
+    opts = tiny_opts(data_root, "schedule.iters=100000", "schedule.steps=[]", "data.num_workers=2")
+    stopped_at = signal_torchrun_job(tmp_path / "run", opts, signal.SIGTERM, every_process=True)
+    signal_torchrun_job(tmp_path / "run", opts, signal.SIGHUP, every_process=False, resume_at=stopped_at)
