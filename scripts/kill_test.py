@@ -181,7 +181,8 @@ def foreign_traceback(log_text: str, torchrun: bool) -> bool:
     if not torchrun or log_text.count("Traceback") != 1:
         return "Traceback" in log_text
     traceback = log_text[log_text.index("Traceback"):]
-    return "detector" in traceback or "tools/train.py" in traceback or "SignalException" not in traceback
+    own_frames = str(ROOT / "detector") in traceback or str(ROOT / "tools") in traceback
+    return own_frames or "SignalException" not in traceback
 
 
 def check_graceful(trial: int, signum: int, outcome: dict, code: int, log_text: str,

@@ -325,7 +325,7 @@ def signal_torchrun_job(work_dir: Path, opts: list[str], signum: int, every_proc
     assert "forcefully exiting" not in stderr and "killed by signal" not in stderr, stderr
     assert stderr.count("Traceback") == 1, stderr
     traceback = stderr[stderr.index("Traceback"):]
-    assert "detector" not in traceback and "tools/train.py" not in traceback, traceback
+    assert str(ROOT / "detector") not in traceback and str(ROOT / "tools") not in traceback, traceback
     assert traceback.strip().endswith(f"SignalException: Process {job.pid} got signal: {int(signum)}"), traceback
     assert job.returncode == 1
     time.sleep(1.0)
