@@ -298,17 +298,25 @@ def signal_torchrun_job(work_dir: Path, opts: list[str], signum: int, every_proc
     are logged, send ``signum`` to torchrun's process group (with ``every_process``, also to each rank's group,
     loader workers included, as ``scancel`` does), check the stop and return the iteration last.pt holds."""
     job, last = torchrun(work_dir, opts, *(["--resume"] if resume_at else [])), work_dir / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + 300
-    while max(logged_iterations(work_dir), default=0) < resume_at + 2:
-        assert job.poll() is None, job.communicate()[1]
-        assert time.monotonic() < deadline, "no training progress"
-        time.sleep(0.05)
-    processes = descendants(job.pid)
-    assert len(processes) == 6  # 2 ranks, 2 loader workers each
-    os.killpg(job.pid, signum)
-    for group in sorted({os.getpgid(pid) for pid in processes}) if every_process else []:
-        os.killpg(group, signum)
-    _, stderr = job.communicate(timeout=120)
+    deadline, processes = time.monotonic() + 300, []
+    try:
+        while max(logged_iterations(work_dir), default=0) < resume_at + 2:
+            assert job.poll() is None, job.communicate()[1]
+            assert time.monotonic() < deadline, "no training progress"
+            time.sleep(0.05)
+        processes = descendants(job.pid)
+        assert len(processes) == 6  # 2 ranks, 2 loader workers each
+        os.killpg(job.pid, signum)
+        for group in sorted({os.getpgid(pid) for pid in processes}) if every_process else []:
+            os.killpg(group, signum)
+        _, stderr = job.communicate(timeout=120)
+    except BaseException:  # leave no process of the job behind a failed test
+        with contextlib.suppress(OSError):
+            processes = processes or descendants(job.pid)
+        for pid in [job.pid, *processes]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        raise
     state = load_checkpoint(last)
     stopped_at, name = state["iteration"], signal.Signals(signum).name
     # every rank took part in the save (its RNG state gathered): they stopped after the same step
