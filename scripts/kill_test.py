@@ -2,11 +2,14 @@
 
     python scripts/kill_test.py --trials 30                                 # kill -9
     python scripts/kill_test.py --trials 20 --signal TERM --num-workers 2   # pre-emption (SLURM, Kubernetes)
+    python scripts/kill_test.py --trials 6 --signal TERM --num-workers 2 --torchrun   # the same, 2 torchrun ranks
 
 Every trial starts ``tools/train.py configs/quickstart.yaml --resume`` on a tiny synthetic run (64 px
 images, ResNet-18, a checkpoint every iteration, so many kills land while a checkpoint is being written),
 waits a random delay and sends the signal to its whole process group (the main process and its loader
-workers, as a cluster does). Then, for every signal:
+workers, as a cluster does; with ``--torchrun``, ``torchrun --standalone --nproc_per_node 2`` runs it and the
+signal goes to every process of the job, as ``scancel`` does: torchrun, each rank's process group (torchrun
+starts every rank in a session of its own) and their loader workers). Then, for every signal:
 
 * ``checkpoints/last.pt`` must load with ``torch.load(weights_only=True)`` and hold a state dict, or be
   absent if no checkpoint was written yet; every ``iter_*.pt`` must load too;
@@ -18,7 +21,8 @@ With ``--signal TERM`` (or HUP, INT) the run must also stop by itself: exit code
 "stopped by ..." line and no traceback, last.pt holding the last iteration it logged (the step in flight
 finished, none lost), and no process of the group left. A signal that lands before training starts (model and
 data still loading, nothing to save yet) ends the process with the signal's default action; such trials are
-counted apart.
+counted apart. torchrun itself exits 1 after a signal, with its own ``SignalException`` traceback (its frames
+only), once its ranks have stopped; that is what a torchrun trial expects, and no rank may need its SIGKILL.
 
 Prints the number of trials, corrupt files (must be 0), kills that interrupted a checkpoint write (KILL) or
 the shutdown times (TERM), and exits non-zero on any failure.
@@ -27,6 +31,7 @@ the shutdown times (TERM), and exits non-zero on any failure.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -62,9 +67,27 @@ def tiny_opts(data_root: Path, max_iters: int) -> list[str]:
             "runtime.checkpoint_interval=1", "runtime.keep_checkpoints=2", "runtime.eval_at_end=false"]
 
 
-def train_command(work_dir: Path, data_root: Path, max_iters: int, num_workers: int = 0) -> list[str]:
-    return [sys.executable, str(ROOT / "tools" / "train.py"), str(CONFIG), "--work-dir", str(work_dir), "--resume",
+def train_command(work_dir: Path, data_root: Path, max_iters: int, num_workers: int = 0,
+                  torchrun: bool = False) -> list[str]:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] \
+        if torchrun else [sys.executable]
+    return [*launcher, str(ROOT / "tools" / "train.py"), str(CONFIG), "--work-dir", str(work_dir), "--resume",
             "--no-progress", "--opts", *tiny_opts(data_root, max_iters), f"data.num_workers={num_workers}"]
+
+
+def job_process_groups(pid: int) -> set[int]:
+    """The process groups of ``pid`` and of every process below it (Linux: read from /proc)."""
+    groups, pending = {pid}, [pid]
+    while pending:
+        parent = pending.pop()
+        for thread in os.listdir(f"/proc/{parent}/task") if os.path.isdir(f"/proc/{parent}/task") else []:
+            try:
+                children = [int(child) for child in open(f"/proc/{parent}/task/{thread}/children").read().split()]
+                groups.update(os.getpgid(child) for child in children)
+            except OSError:  # gone meanwhile
+                continue
+            pending += children
+    return groups
 
 
 def temporaries(directory: Path) -> set[str]:
@@ -114,16 +137,25 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
-def signal_trial(proc: subprocess.Popen, signum: int, delay: float, work_dir: Path, log_path: Path) -> dict:
-    """Wait ``delay`` s, signal the run's process group, wait for it to end; returns what happened: for a
-    graceful stop the seconds from the signal to its "stopped by" line (last.pt written) and to the exit."""
+def kill_groups(groups: set[int], signum: int) -> None:
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signum)
+
+
+def signal_trial(proc: subprocess.Popen, signum: int, delay: float, work_dir: Path, log_path: Path,
+                 every_group: bool = False) -> dict:
+    """Wait ``delay`` s, signal the run's process group (with ``every_group``, those of all its processes),
+    wait for it to end; returns what happened: for a graceful stop the seconds from the signal to its
+    "stopped by" line (last.pt written) and to the exit."""
     try:
         proc.wait(timeout=delay)
         return {"signalled": False}
     except subprocess.TimeoutExpired:
         pass
+    groups = job_process_groups(proc.pid) if every_group else {proc.pid}
     sent = time.monotonic()
-    os.killpg(proc.pid, signum)
+    kill_groups(groups, signum)
     if signum == signal.SIGKILL:
         proc.wait()
         return {"signalled": True}
@@ -133,30 +165,43 @@ def signal_trial(proc: subprocess.Popen, signum: int, delay: float, work_dir: Pa
             outcome["checkpointed"] = time.monotonic() - sent
         time.sleep(0.02)
     if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_groups(groups, signal.SIGKILL)
         proc.wait()
         return {**outcome, "hung": True}
     outcome["shutdown"] = time.monotonic() - sent
     time.sleep(0.5)  # workers notice their parent's exit within a second
-    outcome["survivors"] = group_alive(proc.pid)
+    outcome["survivors"] = any(group_alive(group) for group in groups)
     if outcome["survivors"]:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_groups(groups, signal.SIGKILL)
     return {**outcome, "logged": last_logged_iteration(work_dir)}
 
 
+def foreign_traceback(log_text: str, torchrun: bool) -> bool:
+    """A traceback other than torchrun's own report of the signal it received."""
+    if not torchrun or log_text.count("Traceback") != 1:
+        return "Traceback" in log_text
+    traceback = log_text[log_text.index("Traceback"):]
+    own_frames = str(ROOT / "detector") in traceback or str(ROOT / "tools") in traceback
+    return own_frames or "SignalException" not in traceback
+
+
 def check_graceful(trial: int, signum: int, outcome: dict, code: int, log_text: str,
-                   iteration: int | None) -> tuple[list[str], bool]:
+                   iteration: int | None, torchrun: bool = False) -> tuple[list[str], bool]:
     """Failures of a graceful stop, and whether the signal came before training started (nothing to save)."""
-    expected = 130 if signum == signal.SIGINT else 0
-    if code == -signum and not re.search(r"training \d+ iterations", log_text):
+    expected = 1 if torchrun else 130 if signum == signal.SIGINT else 0
+    if code in ((-signum, 1) if torchrun else (-signum,)) and not re.search(r"training \d+ iterations", log_text):
         return [], True  # still starting up: the default action of the signal, nothing was trained
     failures = []
     if outcome.get("hung"):
         failures.append(f"trial {trial}: still running 300 s after the signal")
     if code != expected:
         failures.append(f"trial {trial}: exit code {code}, expected {expected}")
-    if "Traceback" in log_text:
+    if foreign_traceback(log_text, torchrun):
         failures.append(f"trial {trial}: a traceback in the log")
+    if "forcefully exiting" in log_text:
+        failures.append(f"trial {trial}: torchrun had to SIGKILL a rank")
+    if log_text.count("stopped by") != 1:
+        failures.append(f"trial {trial}: {log_text.count('stopped by')} 'stopped by' lines, expected 1")
     if outcome.get("survivors"):
         failures.append(f"trial {trial}: processes of the run outlived it")
     if outcome.get("logged") is not None and outcome["logged"] != iteration:
@@ -170,6 +215,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--signal", default="KILL", choices=["KILL", "TERM", "HUP", "INT"],
                         help="sent to the run's process group (default KILL)")
     parser.add_argument("--num-workers", type=int, default=0, help="data.num_workers of the runs")
+    parser.add_argument("--torchrun", action="store_true",
+                        help="2 ranks under torchrun --standalone; the signal goes to every process of the job")
     parser.add_argument("--min-delay", type=float, default=1.0, help="seconds after start, at least")
     parser.add_argument("--max-delay", type=float, default=12.0, help="seconds after start, at most")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random delays")
@@ -190,9 +237,9 @@ def run_trials(args, base: Path, env: dict) -> tuple[list[str], int, dict]:
         stale = temporaries(work_dir / "checkpoints")  # left by the previous kill; removed at start-up
         delay = rng.uniform(args.min_delay, args.max_delay)
         with open(log_path, "w") as log:
-            proc = subprocess.Popen(train_command(work_dir, data_root, NEVER, args.num_workers), cwd=ROOT, env=env,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            outcome = signal_trial(proc, signum, delay, work_dir, log_path)
+            proc = subprocess.Popen(train_command(work_dir, data_root, NEVER, args.num_workers, args.torchrun),
+                                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            outcome = signal_trial(proc, signum, delay, work_dir, log_path, every_group=args.torchrun)
         if not outcome["signalled"]:
             failures.append(f"trial {trial}: the run exited by itself with code {proc.returncode} (see {log_path})")
         iteration, corrupt = check_checkpoints(work_dir / "checkpoints")
@@ -202,7 +249,7 @@ def run_trials(args, base: Path, env: dict) -> tuple[list[str], int, dict]:
         log_text = log_path.read_text()
         if signum != signal.SIGKILL and outcome["signalled"]:
             graceful_failures, before_start = check_graceful(trial, signum, outcome, proc.returncode, log_text,
-                                                             iteration)
+                                                             iteration, args.torchrun)
             failures += graceful_failures
             stats["before_start"] += before_start
             if "shutdown" in outcome and not before_start:
@@ -235,8 +282,8 @@ def main(argv=None) -> int:
     try:
         failures, corrupt_files, stats = run_trials(args, base, env)
         start = stats["last"] or 0
-        final = subprocess.run(train_command(work_dir, data_root, start + 2, args.num_workers), cwd=ROOT, env=env,
-                               capture_output=True, text=True, timeout=900)
+        final = subprocess.run(train_command(work_dir, data_root, start + 2, args.num_workers, args.torchrun),
+                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         iteration, corrupt = check_checkpoints(work_dir / "checkpoints")
         corrupt_files += len(corrupt)
         if final.returncode != 0 or iteration != start + 2:
@@ -248,7 +295,8 @@ def main(argv=None) -> int:
         if not args.work_dir:
             shutil.rmtree(base, ignore_errors=True)
 
-    print(f"signal: SIG{args.signal} to the process group, data.num_workers={args.num_workers}; trials: "
+    target = "every process group of a 2-rank torchrun job" if args.torchrun else "the process group"
+    print(f"signal: SIG{args.signal} to {target}, data.num_workers={args.num_workers}; trials: "
           f"{args.trials}, corrupt files: {corrupt_files}, kills during a checkpoint write: {stats['writes_hit']}, "
           f"kills before the first checkpoint: {stats['absent']}")
     if args.signal != "KILL":

@@ -26,6 +26,8 @@ Exit codes:
        died, or another torchrun process's failure (that process prints the error). Errors after the first
        step write last.pt of the last finished step first.
   2    a config error or a bad command line.
+Under torchrun these are each rank's codes. After a signal torchrun itself exits 1 once its ranks have stopped,
+with a traceback of its own frames (SignalException: its report of the signal; last.pt is written all the same).
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ writes its results; the tests compare them with the same work done by this singl
     ranks' RNG states.
 (d) ``tools/train.py`` with a broken val file, which rank 0 alone checks before training: rank 0 prints one
     ``error:`` line, rank 1 exits with the same code in silence (no second report, no traceback, no hang).
+
+Then torchrun end to end: a quick run, and a pre-empted job with loader workers (SIGTERM to every process of
+the job, SIGHUP to torchrun's process group alone) that must stop at one checkpointed step and resume from it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import weakref
 from pathlib import Path
 
@@ -258,3 +262,92 @@ def test_torchrun_quickstart_on_the_cpu(data_root, tmp_path):
     assert [r["iter"] for r in records if "train/loss" in r] == [1, 2, 3, 4]  # rank 0 alone writes
     assert [r["iter"] for r in records if "val/AP" in r] == [4]
     assert proc.stdout.count("| AP50 |") == 1  # the table, printed by rank 0 only
+
+
+def torchrun(work_dir: Path, opts: list[str], *args: str) -> subprocess.Popen:
+    """``torchrun --standalone --nproc_per_node 2 tools/train.py``, in a session of its own (as a batch job)."""
+    launcher = Path(sys.executable).parent / "torchrun"
+    launch = [str(launcher)] if launcher.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+    return subprocess.Popen([*launch, "--standalone", "--nproc_per_node", "2", "tools/train.py", str(CONFIG),
+                             "--work-dir", str(work_dir), "--no-progress", *args, "--opts", *opts], cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``: torchrun's ranks (each in a session of its own) and their loader workers."""
+    children = []
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            children += [int(child) for child in Path(f"/proc/{pid}/task/{thread}/children").read_text().split()]
+    return [process for child in children for process in (child, *descendants(child))]
+
+
+def logged_iterations(work_dir: Path) -> list[int]:
+    """The training iterations in metrics.jsonl (a line still being written is left out)."""
+    path = work_dir / "metrics.jsonl"
+    iterations = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        with contextlib.suppress(ValueError):
+            iterations.append(json.loads(line)["iter"])
+    return iterations
+
+
+def signal_torchrun_job(work_dir: Path, opts: list[str], signum: int, every_process: bool, resume_at: int = 0) -> int:
+    """Run 2 ranks with 2 loader workers each (resuming from last.pt at ``resume_at`` when > 0) until 2 more steps
+    are logged, send ``signum`` to torchrun's process group (with ``every_process``, also to each rank's group,
+    loader workers included, as ``scancel`` does), check the stop and return the iteration last.pt holds."""
+    job, last = torchrun(work_dir, opts, *(["--resume"] if resume_at else [])), work_dir / "checkpoints" / "last.pt"
+    deadline, processes = time.monotonic() + 300, []
+    try:
+        while max(logged_iterations(work_dir), default=0) < resume_at + 2:
+            assert job.poll() is None, job.communicate()[1]
+            assert time.monotonic() < deadline, "no training progress"
+            time.sleep(0.05)
+        processes = descendants(job.pid)
+        assert len(processes) == 6  # 2 ranks, 2 loader workers each
+        os.killpg(job.pid, signum)
+        for group in sorted({os.getpgid(pid) for pid in processes}) if every_process else []:
+            os.killpg(group, signum)
+        _, stderr = job.communicate(timeout=120)
+    except BaseException:  # leave no process of the job behind a failed test
+        with contextlib.suppress(OSError):
+            processes = processes or descendants(job.pid)
+        for pid in [job.pid, *processes]:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        raise
+    state = load_checkpoint(last)
+    stopped_at, name = state["iteration"], signal.Signals(signum).name
+    # every rank took part in the save (its RNG state gathered): they stopped after the same step
+    assert stopped_at >= resume_at + 2 and state["world_size"] == 2 and len(state["rng"]) == 2
+    assert logged_iterations(work_dir)[-1] == stopped_at  # the step in flight finished, no further one
+    if resume_at:
+        assert f"resumed from {last} at iteration {resume_at}" in stderr, stderr
+        assert logged_iterations(work_dir)[:resume_at + 1] == list(range(1, resume_at + 2))
+    stop_line = f"stopped by {name} after iteration {stopped_at}; checkpoint {last}; continue with --resume"
+    assert stderr.count(stop_line) == 1 and stderr.count("stopped by") == 1, stderr
+    # torchrun's own report: it sends the signal on, its ranks end in time (no SIGKILL), then it raises its
+    # SignalException (a traceback of torchrun's frames alone) and exits 1
+    assert f"Received {int(signum)} death signal, shutting down workers" in stderr, stderr
+    assert "forcefully exiting" not in stderr and "killed by signal" not in stderr, stderr
+    assert stderr.count("Traceback") == 1, stderr
+    traceback = stderr[stderr.index("Traceback"):]
+    assert str(ROOT / "detector") not in traceback and str(ROOT / "tools") not in traceback, traceback
+    assert traceback.strip().endswith(f"SignalException: Process {job.pid} got signal: {int(signum)}"), traceback
+    assert job.returncode == 1
+    time.sleep(1.0)
+    assert [pid for pid in processes if Path(f"/proc/{pid}").exists()] == []  # no rank or worker left
+    return stopped_at
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the process tree from /proc")
+def test_a_signal_to_a_torchrun_job_with_loader_workers_stops_every_rank_at_one_checkpointed_step(data_root,
+                                                                                                 tmp_path):
+    """torchrun starts each rank in a session of its own and, on SIGTERM / SIGINT / SIGHUP, sends the signal on
+    to every rank's process group (rank and loader workers); SIGKILL follows after --shutdown-timeout (30 s).
+    First SIGTERM to every process of the job (scancel); then the resumed run gets SIGHUP on torchrun's process
+    group alone (a closed terminal; Kubernetes signals torchrun alone too)."""
+    opts = tiny_opts(data_root, "schedule.iters=100000", "schedule.steps=[]", "data.num_workers=2")
+    stopped_at = signal_torchrun_job(tmp_path / "run", opts, signal.SIGTERM, every_process=True)
+    signal_torchrun_job(tmp_path / "run", opts, signal.SIGHUP, every_process=False, resume_at=stopped_at)
