@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
+from detector.config_trackers import DEFAULT_TRACKERS, MlflowConfig, TrackerName, WandbConfig, check_tracker_names
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -360,8 +362,13 @@ class RuntimeConfig:
     auto_resume: bool = False
     # Stop (exit non-zero, last good checkpoint kept) after more non-finite losses / gradients in a row.
     max_consecutive_nonfinite: int = 5
+    # Where metrics go (rank 0): any of tensorboard (<work_dir>/tb), jsonl (metrics.jsonl), wandb, mlflow.
+    trackers: list[TrackerName] = field(default_factory=lambda: list(DEFAULT_TRACKERS))
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
     def __post_init__(self):
+        check_tracker_names(list(self.trackers))
         if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):
             raise ValueError(f"runtime.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.keep_checkpoints < 1:

@@ -39,6 +39,7 @@ from pathlib import Path
 from detector.cli.common import (BAD_INPUT_ERRORS, EXIT_INTERRUPTED, add_config_argument, add_opts_argument,
                                  load_tool_config, run_tool, start_logging, tool_parser)
 from detector.engine.failsafe import TrainingFailed
+from detector.engine.trackers import TrackerUnavailableError
 from detector.engine.trainer import NonFiniteLossError, TrainingInterrupted, train
 from detector.evaluation import format_metrics_table
 from detector.runtime.distributed import destroy_distributed, get_rank, init_distributed
@@ -82,7 +83,8 @@ def main(argv=None) -> int:
     try:
         # A diverged run or bad input (checkpoint, annotation file, image, a config that does not fit the data):
         # one `error:` line naming the file and the entry.
-        return run_tool(lambda: run(args), bad_input=BAD_INPUT_ERRORS + (NonFiniteLossError, TrainingFailed),
+        return run_tool(lambda: run(args), bad_input=BAD_INPUT_ERRORS + (NonFiniteLossError, TrainingFailed,
+                                                                  TrackerUnavailableError),
                         rank=get_rank())
     finally:
         destroy_distributed()

@@ -4,8 +4,8 @@ One call, ``train(cfg, work_dir, resume)``, does the whole run:
   work dir (locked; a new run never overwrites another's checkpoints) -> data (the val set checked up front)
   -> model (DDP when launched by torchrun) -> SGD + warm-up multi-step schedule -> loop (AMP, gradient clipping,
   non-finite steps skipped) -> logging (a plain line every ``runtime.log_interval`` iterations on the console and
-  in train.log, tqdm on a terminal, TensorBoard, metrics.jsonl) -> checkpoints (last.pt + every N iterations)
-  -> evaluation (every N iterations and at the end; TensorBoard images of the first val images' detections and
+  in train.log, tqdm on a terminal, ``runtime.trackers``: TensorBoard, metrics.jsonl, W&B, MLflow) -> checkpoints
+  (last.pt + every N iterations) -> evaluation (every N iterations and at the end; TensorBoard images of the first val images' detections and
   per-class PR curves).
 
 The schedule is counted in iterations. With ``schedule.epochs`` the length and ``schedule.steps`` are
@@ -43,7 +43,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from detector.config import save_config
+from detector.config import config_to_dict, save_config
 from detector.config_schema import Config
 from detector.data.build import build_train_loader, prepare_synthetic_data
 from detector.engine.evaluate import check_val_set, evaluate_model
@@ -56,11 +56,12 @@ from detector.engine.run_checkpoints import RunCheckpoints
 from detector.engine.stopping import (NonFiniteLossError, StepResult, StopSignal, TrainingInterrupted,  # noqa: F401
                                      divergence_error)  # the tools import the exceptions from here
 from detector.engine.train_log import metrics_log_line, train_log_line
+from detector.engine.trackers import TrackerList, build_trackers
 from detector.runtime.device import resolve_amp_dtype, resolve_device
 from detector.runtime.distributed import (all_reduce_sum, barrier, get_world_size, init_distributed,
                                           is_distributed, is_main_process, on_main_process, reduce_loss_dict)
 from detector.runtime.logging_setup import FILE_ONLY, add_log_file, remove_log_file
-from detector.runtime.metrics_log import MeterGroup, MetricsLogger
+from detector.runtime.metrics_log import MeterGroup
 from detector.runtime.model_state import unwrap_model
 from detector.runtime.seeding import capture_rng_state, seed_everything
 from detector.runtime.signals import STOP_SIGNALS, deferred, shut_down_loader_workers
@@ -92,7 +93,7 @@ class Trainer:
         if cfg.model.backbone.norm == "syncbn" and world_size > 1 and self.device.type == "cpu":
             raise ValueError("model.backbone.norm=syncbn needs CUDA devices (torch's SyncBatchNorm has no CPU "
                              "kernel); use bn, gn or frozen_bn for multi-process CPU runs")
-        self.metrics_log = self.log_file = None
+        self.trackers, self.log_file = TrackerList(), None
         self.lock = on_main_process(lambda: claim_work_dir(self.work_dir, bool(resume) or cfg.runtime.auto_resume,
                                                            overwrite))
         try:  # after the lock: a refused run never writes into another run's log
@@ -127,7 +128,7 @@ class Trainer:
         self.buffers = BufferSnapshot(model)  # restored when a step fails half-way (see engine/failsafe.py)
         self.checkpoints = RunCheckpoints(self.work_dir / "checkpoints", cfg.runtime.keep_checkpoints,
                                           writer=is_main_process())
-        self.metrics_log = MetricsLogger(self.work_dir)
+        self.trackers = on_main_process(lambda: build_trackers(cfg, self.work_dir)) or TrackerList()  # rank 0
         self.stop = StopSignal()
         self.iteration = 0
         self.num_skipped_steps = 0   # every skipped step (non-finite loss or gradient, fp16 overflow)
@@ -143,8 +144,7 @@ class Trainer:
         """End the loader workers, close the logs and release the work dir (done by ``fit()``; idempotent)."""
         if getattr(self, "loader", None) is not None:
             shut_down_loader_workers(self.loader)
-        if self.metrics_log is not None:
-            self.metrics_log.close()
+        self.trackers.close()
         if self.log_file is not None:
             remove_log_file(self.log_file)
             self.log_file = None
@@ -190,6 +190,8 @@ class Trainer:
         state = self.state_dict()  # collective: every rank
         self.checkpoints.saved_iteration = self.iteration
         path = self.checkpoints.write(state, self.iteration, keep, self.model_is_finite)
+        if path is not None:
+            self.trackers.on_checkpoint(self.iteration, path)
         barrier()
         return path
 
@@ -271,7 +273,7 @@ class Trainer:
         if self.nonfinite_streak <= limit:
             return
         values = reduce_loss_dict(step.losses)
-        self.metrics_log.log(self.iteration, {**values, "skipped_steps": self.num_skipped_steps})
+        self.trackers.on_log_step(self.iteration, {**values, "skipped_steps": self.num_skipped_steps})
         kept = self.last_checkpoint if self.last_checkpoint.is_file() else "none written yet"
         raise divergence_error(self.nonfinite_streak, limit, self.iteration, values,
                                (last_good[0], reduce_loss_dict(last_good[1])) if last_good else None, kept)
@@ -290,13 +292,16 @@ class Trainer:
         self.model.train()
         stream = self.batches()
         try:
+            self.trackers.on_train_start(config_to_dict(self.cfg), self.iteration)
             with self.stop.installed():
                 try:
                     self.run_steps(stream, bar)
                     bar.close()
                     self.finish()
+                    self.trackers.on_train_end(self.iteration, self.eval_metrics)
                 except BaseException as error:
                     failure = after_error(self, error)
+                    self.trackers.on_train_failure(self.iteration, failure)
                     if failure is error:
                         raise
                     raise failure from error
@@ -346,7 +351,7 @@ class Trainer:
         values = reduce_loss_dict({**step.losses, "grad_norm": step.grad_norm})  # one all-reduce, one host copy
         values.update(meters.medians(), lr=self.optimizer.param_groups[0]["lr"],
                       skipped_steps=self.num_skipped_steps)
-        self.metrics_log.log(self.iteration, values)
+        self.trackers.on_log_step(self.iteration, values)
         bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2g}")
         if is_main_process():
             logger.info(train_log_line(self.iteration, self.length.run_iters, values, self.device))
@@ -365,20 +370,19 @@ class Trainer:
         error or a kill during it loses no training; a stop signal abandons an evaluation at once."""
         if not final:
             self.save_checkpoint(keep=False)
-        tensorboard, ev = self.metrics_log.has_tensorboard, self.cfg.evaluation  # rank 0 only
+        images_wanted, ev = self.trackers.wants_images, self.cfg.evaluation  # rank 0 only
         self.evaluating = "final" if final else "mid-run"
         with self.stop.abandoning():
             metrics = evaluate_model(self.cfg, unwrap_model(self.model), self.device, progress=self.show_bars,
                                      shard_dir=self.work_dir / "eval_shards",
-                                     pr_curves=tensorboard and ev.tensorboard_pr_curves,
-                                     keep_images=ev.tensorboard_images if tensorboard else 0)
+                                     pr_curves=images_wanted and ev.tensorboard_pr_curves,
+                                     keep_images=ev.tensorboard_images if images_wanted else 0)
         self.evaluating = None
         self.model.train()
         if is_main_process():  # detections drawn on the first val images and per-class PR curves
-            self.metrics_log.log_images(self.iteration, metrics.pop("images", {}))
-            self.metrics_log.log_pr_curves(self.iteration, metrics.pop("pr_curves", {}))
-            self.metrics_log.log(self.iteration, {k: v for k, v in metrics.items() if isinstance(v, float)},
-                                 prefix="val")
+            images, curves = metrics.pop("images", {}), metrics.pop("pr_curves", {})
+            scalars = {key: value for key, value in metrics.items() if isinstance(value, float)}
+            self.trackers.on_evaluation(self.iteration, scalars, images, curves)
             # printed once: mid-run on the console and in train.log; at the end train.log only (the tool prints
             # the table)
             logger.info("evaluation at iteration %d: %s", self.iteration, metrics_log_line(metrics),
