@@ -147,3 +147,88 @@ def test_a_chosen_tracker_without_its_package_names_the_extra(data_root, tmp_pat
                                                       rf"cannot be imported .*pip install 'focaldet\[{name}\]'"):
         build_trackers(cfg, tmp_path)
     assert build_trackers(load_config(CONFIG, tiny_opts(data_root)), tmp_path).trackers  # others need neither
+
+
+def read_wandb_records(path: Path) -> list:
+    """The protobuf records of a W&B ``run-<id>.wandb`` file: a 7-byte header (":W&B", magic, version), then
+    LevelDB-log blocks of 32 KiB, each record a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle,
+    4 last) and its bytes; a header that would not fit in a block's end is replaced by padding."""
+    from wandb.proto import wandb_internal_pb2
+    data, block, position, pending, records = path.read_bytes(), 32768, 7, b"", []
+    assert data[:4] == b":W&B"
+    while position + 7 <= len(data):
+        if block - position % block < 7:
+            position += block - position % block
+            continue
+        length, kind = int.from_bytes(data[position + 4:position + 6], "little"), data[position + 6]
+        if (length, kind) == (0, 0):
+            break
+        pending += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def items(updates) -> dict:
+    return {"/".join(item.nested_key) or item.key: json.loads(item.value_json) for item in updates}
+
+
+def test_wandb_offline_run_files_hold_the_config_and_the_logged_scalars(data_root, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    for variable in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(variable, str(tmp_path / "home"))  # nothing written outside the test's folder
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    work_dir = tmp_path / "run"
+    train(load_config(CONFIG, tiny_opts(data_root, "runtime.trackers=[jsonl,wandb]", "runtime.wandb.project=tiny",
+                                        "runtime.wandb.tags=[smoke]")), work_dir, progress=False)
+    run_id = (work_dir / "wandb_run_id.txt").read_text(encoding="utf-8").strip()
+    (run_file,) = (work_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    records = read_wandb_records(run_file)
+    by_kind = {}
+    for record in records:
+        by_kind.setdefault(record.WhichOneof("record_type"), []).append(record)
+    (run,) = by_kind["run"]
+    assert (run.run.project, run.run.display_name, list(run.run.tags)) == ("tiny", "run", ["smoke"])
+    assert items(run.run.config.update)["model"]["backbone"]["depth"] == 18
+    history = [items(record.history.item) for record in by_kind["history"]]
+    jsonl = read_metrics_jsonl(work_dir / "metrics.jsonl")
+    assert [row["_step"] for row in history] == [record["iter"] for record in jsonl] == [1, 2]
+    for row, record in zip(history, jsonl):
+        assert {key: row[key] for key in record if key != "iter"} == pytest.approx(
+            {key: value for key, value in record.items() if key != "iter"}, rel=1e-12)
+    summary = {}
+    for record in by_kind["summary"]:
+        summary.update(items(record.summary.update))
+    assert summary["checkpoint"] == str(work_dir / "checkpoints" / "last.pt") and summary["status"] == "finished"
+    assert by_kind["exit"][0].exit.exit_code == 0
+
+
+def test_mlflow_file_store_holds_params_metrics_and_a_resumed_run(data_root, tmp_path, monkeypatch):
+    tracking = pytest.importorskip("mlflow.tracking")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "unset below")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")  # the tracker allows its file store itself
+    work_dir = tmp_path / "run"
+    opts = ["runtime.trackers=[jsonl,mlflow]", "runtime.mlflow.experiment=tiny"]
+    train(load_config(CONFIG, tiny_opts(data_root, *opts)), work_dir, progress=False)
+    client = tracking.MlflowClient(tracking_uri=(work_dir / "mlruns").as_uri())
+    experiment_id = client.get_experiment_by_name("tiny").experiment_id
+    (run,) = client.search_runs([experiment_id])
+    assert (run.info.status, run.info.run_name) == ("FINISHED", "run")
+    assert run.data.params["model.backbone.depth"] == "18" and run.data.params["schedule.max_iters"] == "2"
+    assert run.data.params["runtime.trackers"] == "['jsonl', 'mlflow']"
+    assert run.data.tags["checkpoint"] == str(work_dir / "checkpoints" / "last.pt")
+
+    train(load_config(CONFIG, tiny_opts(data_root, *opts, "schedule.max_iters=3")), work_dir, resume=True,
+          progress=False)
+    (resumed,) = client.search_runs([experiment_id])  # the same MLflow run goes on
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    assert resumed.data.tags["resumed_at_iteration"] == "2" and resumed.data.tags["checkpoint_iteration"] == "3"
+    jsonl = read_metrics_jsonl(work_dir / "metrics.jsonl")
+    for key in ("train/loss", "train/lr", "train/grad_norm"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert [(metric.step, metric.value) for metric in history] == \
+            [(record["iter"], pytest.approx(record[key], rel=1e-12)) for record in jsonl]

@@ -35,12 +35,11 @@ class WandbTracker(Tracker):
 
     def on_train_start(self, config, iteration):
         wandb = self.wandb
-        previous = self.run_id_file.previous(iteration)
-        run_id = previous or wandb.util.generate_id()
-        self.run = wandb.init(dir=str(self.work_dir), config=dict(config), id=run_id,
+        previous = self.run_id_file.previous(iteration)  # None: W&B makes a new id
+        self.run = wandb.init(dir=str(self.work_dir), config=dict(config), id=previous,
                               resume="allow" if previous else None,
                               settings=wandb.Settings(console="off"), **self.settings)  # our logs stay ours
-        self.run_id_file.write(run_id)
+        self.run_id_file.write(self.run.id)
 
     def on_log_step(self, iteration, scalars):
         if self.run is not None:
