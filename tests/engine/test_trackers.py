@@ -3,6 +3,7 @@ store read back with their own readers, and the configuration errors (unknown na
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -147,6 +148,18 @@ def test_a_chosen_tracker_without_its_package_names_the_extra(data_root, tmp_pat
                                                       rf"cannot be imported .*pip install 'focaldet\[{name}\]'"):
         build_trackers(cfg, tmp_path)
     assert build_trackers(load_config(CONFIG, tiny_opts(data_root)), tmp_path).trackers  # others need neither
+
+
+def test_the_train_tool_says_which_extra_to_install_in_one_line(data_root, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "tools" / "train.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    code = cli.main([str(CONFIG), "--work-dir", str(tmp_path), "--no-progress", "--opts",
+                     *tiny_opts(data_root, "runtime.trackers=[tensorboard,jsonl,wandb]")])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1 and "pip install 'focaldet[wandb]'" in errors[0]
+    assert not list(tmp_path.glob("checkpoints/*.pt"))  # stopped before training
 
 
 def read_wandb_records(path: Path) -> list:
