@@ -245,3 +245,17 @@ def test_mlflow_file_store_holds_params_metrics_and_a_resumed_run(data_root, tmp
         history = client.get_metric_history(run.info.run_id, key)
         assert [(metric.step, metric.value) for metric in history] == \
             [(record["iter"], pytest.approx(record[key], rel=1e-12)) for record in jsonl]
+
+
+def test_mlflow_resume_whose_run_is_gone_starts_a_new_run(tmp_path, monkeypatch, caplog):
+    tracking = pytest.importorskip("mlflow.tracking")
+    from detector.engine.trackers.mlflow_tracker import MlflowTracker
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    (tmp_path / "mlflow_run_id.txt").write_text("0123456789abcdef\n", encoding="utf-8")  # its mlruns/ was removed
+    tracker = MlflowTracker(tmp_path, experiment="gone")
+    tracker.on_train_start({"schedule": {"lr": 0.01}}, iteration=5)
+    tracker.on_train_end(5, {})
+    run_id = (tmp_path / "mlflow_run_id.txt").read_text(encoding="utf-8").strip()
+    assert run_id != "0123456789abcdef" and "is not in" in caplog.text
+    run = tracking.MlflowClient(tracking_uri=(tmp_path / "mlruns").as_uri()).get_run(run_id)
+    assert run.data.params == {"schedule.lr": "0.01"} and run.info.status == "FINISHED"

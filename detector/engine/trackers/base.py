@@ -6,7 +6,7 @@ The trainer (main process only) calls, in this order::
     on_log_step(iteration, scalars)        every runtime.log_interval iterations: losses, lr, grad_norm, times
     on_evaluation(iteration, metrics, images, pr_curves)   after each evaluation (metrics: AP, AP50, ... floats)
     on_checkpoint(iteration, path)         after a checkpoint file was written
-    on_train_end(iteration, metrics)       the run finished (metrics: the final evaluation's, may be empty)
+    on_train_end(iteration, metrics)       the run finished (metrics: the final evaluation's result, or empty)
   or on_train_failure(iteration, error)    the run stopped: a signal (TrainingInterrupted), divergence, an error
     close()                                always, last (idempotent)
 
@@ -14,6 +14,9 @@ Scalars arrive without a prefix (``loss``, ``lr``); a tracker names them ``train
 metrics ``val/<name>``, as metrics.jsonl and TensorBoard always have. ``images`` (uint8 (3, H, W) tensors of
 detections drawn on val images) and ``pr_curves`` (per-class precision at 101 recall points) are computed only
 when some tracker sets ``wants_images``.
+
+A tracker's error during the run stops the run like any other error (last.pt of the last finished step is
+written first); errors at the end or on closing are logged, and the other trackers still finish.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ in ``<work_dir>/mlflow_run_id.txt``, so a resumed training run logs into the sam
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -20,6 +21,8 @@ from detector.engine.trackers.base import TRAIN_PREFIX, VAL_PREFIX, Tracker, pre
 from detector.engine.trackers.optional import RunIdFile, import_optional
 
 __all__ = ["MlflowTracker", "flatten_config"]
+
+logger = logging.getLogger("detector.engine")
 
 STATUSES = {"finished": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limit for one log_batch call
@@ -47,6 +50,7 @@ class MlflowTracker(Tracker):
                  run_name: str | None = None):
         tracking = import_optional("mlflow.tracking", "mlflow", "mlflow")
         self.entities = import_optional("mlflow.entities", "mlflow", "mlflow")
+        self.exceptions = import_optional("mlflow.exceptions", "mlflow", "mlflow")
         self.work_dir = Path(work_dir)
         self.tracking_uri = tracking_uri or (self.work_dir / "mlruns").resolve().as_uri()
         if self.tracking_uri.startswith("file:"):
@@ -58,6 +62,10 @@ class MlflowTracker(Tracker):
 
     def on_train_start(self, config, iteration):
         previous = self.run_id_file.previous(iteration)
+        if previous is not None and not self._exists(previous):
+            logger.warning("MLflow run %s (%s) is not in %s; the resumed training logs into a new run", previous,
+                           self.run_id_file.path, self.tracking_uri)
+            previous = None
         if previous is not None:  # its params are those of the run it continues (MLflow params never change)
             self.run_id = previous
             self.client.update_run(previous, status="RUNNING")
@@ -90,6 +98,13 @@ class MlflowTracker(Tracker):
 
     def close(self):
         self._terminate("failed")  # only when neither end came (an error before the loop)
+
+    def _exists(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+        except self.exceptions.MlflowException:
+            return False
+        return True
 
     def _log_metrics(self, iteration: int, values: Mapping[str, float]) -> None:
         if self.run_id is None:
