@@ -5,8 +5,8 @@ One call, ``train(cfg, work_dir, resume)``, does the whole run:
   -> model (DDP when launched by torchrun) -> SGD + warm-up multi-step schedule -> loop (AMP, gradient clipping,
   non-finite steps skipped) -> logging (a plain line every ``runtime.log_interval`` iterations on the console and
   in train.log, tqdm on a terminal, ``runtime.trackers``: TensorBoard, metrics.jsonl, W&B, MLflow) -> checkpoints
-  (last.pt + every N iterations) -> evaluation (every N iterations and at the end; TensorBoard images of the first val images' detections and
-  per-class PR curves).
+  (last.pt + every N iterations) -> evaluation (every N iterations and at the end; TensorBoard images of the
+  first val images' detections and per-class PR curves).
 
 The schedule is counted in iterations. With ``schedule.epochs`` the length and ``schedule.steps`` are
 converted with the sampler's batches per epoch, as is ``schedule.warmup_epochs`` (with repeat-factor sampling
