@@ -128,7 +128,7 @@ class Trainer:
         self.buffers = BufferSnapshot(model)  # restored when a step fails half-way (see engine/failsafe.py)
         self.checkpoints = RunCheckpoints(self.work_dir / "checkpoints", cfg.runtime.keep_checkpoints,
                                           writer=is_main_process())
-        self.trackers = on_main_process(lambda: build_trackers(cfg, self.work_dir)) or TrackerList()  # rank 0
+        self.trackers = self.metrics_log = on_main_process(lambda: build_trackers(cfg, self.work_dir)) or TrackerList()
         self.stop = StopSignal()
         self.iteration = 0
         self.num_skipped_steps = 0   # every skipped step (non-finite loss or gradient, fp16 overflow)
