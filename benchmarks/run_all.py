@@ -4,8 +4,9 @@ Stages: training step and inference (with post-processing) of our RetinaNet R50-
 (``train_step.py``); where a step's time goes (``profile_step.py``); assignment + loss share of the step
 (``assign_loss.py``); COCO evaluation against pycocotools and faster-coco-eval when installed
 (``coco_eval.py``); LVIS evaluation against lvis-api (``lvis_eval.py``); the training loader against the step
-it feeds (``data_loading.py``); the optional speed features (``speed_features.py``). Each stage prints its
-own table as it finishes.
+it feeds (``data_loading.py``); the optional speed features (``speed_features.py``); ``Detector.predict`` on
+images of mixed sizes against torchvision's RetinaNet called as its users call it (``predict.py``, CPU). Each
+stage prints its own table as it finishes.
 
     python benchmarks/run_all.py --quick --cpu-clock     # < 10 minutes on a 2-core CPU, same comparisons
     python benchmarks/run_all.py --device cuda           # full sizes; CUDA times are synchronised
@@ -35,6 +36,7 @@ SIZES = {
     "lvis": (dict(images=20_000, api_max_images=2_000), dict(images=1_000, api_max_images=1_000)),
     "data": (dict(images=200, size=640), dict(images=60, size=384)),  # the sizes of assign_loss's step
     "features": (dict(models=((18, 256), (50, 512)), repeats=3), dict(models=((18, 128), (50, 256)), repeats=1)),
+    "predict": (dict(num_images=16, min_size=320, max_size=533, repeats=3), dict(num_images=8, repeats=1)),
 }
 
 
@@ -144,8 +146,18 @@ def stage_features(q: int, device: str, rows: list, toy: dict, compile_: bool = 
                              f"{r['step'] / base:.3f}", "(info; on by default only if < 1 and exact)", None))
 
 
+def stage_predict(q: int, device: str, rows: list, toy: dict) -> None:
+    from benchmarks.predict import run
+    kw = {**SIZES["predict"][q], **toy.get("predict", {})}
+    res = run(**kw)  # on the CPU
+    rows.append(_row(f"Detector.predict, {kw['num_images']} images of mixed sizes (CPU)",
+                     f"{res['focaldet']:.3g} img/s", f"{res['torchvision']:.3g} img/s (torchvision)",
+                     f"{res['speedup']:.3f} (speed-up)", ">= 1", res["speedup"] >= 1))
+
+
 STAGES = {"train_step": stage_train_step, "profile": stage_profile, "assign_loss": stage_assign_loss,
-          "coco": stage_coco, "lvis": stage_lvis, "data": stage_data, "features": stage_features}
+          "coco": stage_coco, "lvis": stage_lvis, "data": stage_data, "features": stage_features,
+          "predict": stage_predict}
 
 
 def run(quick: bool = False, device: str | None = None, stages=tuple(STAGES), compile_: bool = False,

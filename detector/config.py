@@ -30,10 +30,13 @@ from typing import Any, Iterable, Literal, Union
 
 import yaml
 
+from detector.config_files import resolve_config_path
+from detector.config_resolve import resolve_data_dependent
 from detector.config_schema import Config
 from detector.config_yaml import DuplicateKeyError, describe_yaml_error, load_yaml
 
-__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "config_to_dict", "save_config"]
+__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "config_from_mapping", "config_to_dict",
+           "save_config", "section_from_mapping"]
 
 
 class ConfigError(ValueError):
@@ -43,7 +46,8 @@ class ConfigError(ValueError):
 # ----------------------------------------------------------------------------------------------- loading
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path} (nor a config shipped with focaldet, such as quickstart or "
+                          "retinanet/retinanet_r50_fpn_1x_coco)")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:  # a checkpoint, an image, or text in another encoding
@@ -211,6 +215,9 @@ class _Validator:
             args = typing.get_args(tp)
             if value is None and type(None) in args:
                 return None
+            sections = [a for a in args if dataclasses.is_dataclass(a)]
+            if isinstance(value, dict) and len(sections) == 1:  # a section or null: the section's own errors
+                return self.build(sections[0], value, dotted)
             for arg in (a for a in args if a is not type(None)):
                 try:
                     return self.convert(arg, value, dotted)
@@ -289,6 +296,7 @@ def config_from_dict(data: dict, origins: dict | None = None) -> Config:
     validator = _Validator(origins or {})
     cfg = validator.build(Config, data, "")
     try:
+        cfg = resolve_data_dependent(cfg)  # the synthetic generator switch, model.num_classes: auto
         cfg.check()
     except ValueError as err:
         # Rules across sections name their keys in full ("data.synthetic.num_classes"): say who set them.
@@ -313,11 +321,28 @@ def _is_config_key(dotted: str) -> bool:
 
 
 def load_config(path: str | os.PathLike, overrides: Iterable[str] = ()) -> Config:
-    """Load a YAML config with ``_base_`` inheritance and ``KEY=VALUE`` overrides, validated."""
+    """Load a YAML config with ``_base_`` inheritance and ``KEY=VALUE`` overrides, validated. ``path`` is a file,
+    or names a config shipped with the package (``"quickstart"``; :mod:`detector.config_files`)."""
     origins: dict = {}
-    tree = _load_tree(Path(path), origins)
+    tree = _load_tree(resolve_config_path(path), origins)
     tree = _apply_overrides(tree, overrides, origins)
     return config_from_dict(tree, origins)
+
+
+def config_from_mapping(data: dict, overrides: Iterable[str] = (), source: str = "a stored config") -> Config:
+    """Validate a resolved config kept as plain data (e.g. the one a checkpoint carries, :func:`config_to_dict`'s
+    output) with ``KEY=VALUE`` overrides applied last; errors name ``source`` as where a key was set."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping, got {type(data).__name__}")
+    origins: dict = {}
+    tree = _apply_overrides(_merge({}, data, origins, source), overrides, origins)
+    return config_from_dict(tree, origins)
+
+
+def section_from_mapping(cls: type, data: Any, dotted: str, source: str) -> Any:
+    """One config section (the dataclass ``cls``, e.g. TTAConfig) validated from a plain mapping as a config
+    file's would be; errors name the key as ``dotted.key`` set in ``source``."""
+    return _Validator({dotted: source}).convert(cls, data, dotted)
 
 
 def config_to_dict(cfg: Config) -> dict:

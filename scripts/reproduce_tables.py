@@ -125,6 +125,7 @@ GFL = Table(
         Row("fl_dfl", "FL + DFL + GIoU, reg_max 16", _ap(None)),
         Row("qfl_dfl", "QFL + DFL + GIoU, reg_max 16 (GFL default)", _ap(40.2)),
         Row("qfl_giou", "QFL + GIoU (no DFL), reg_max 16", _ap(None)),
+        Row("fl_giou", "FL + GIoU (no DFL), reg_max 16", _ap(None)),
         *(Row(f"qfl_dfl_reg_max_{n}", f"QFL + DFL + GIoU, reg_max {n}", _ap(None)) for n in (4, 8, 12, 20)),
     ),
 )

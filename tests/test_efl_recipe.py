@@ -5,7 +5,8 @@ EOD-era code), with the defaults of the classes it names: up/data/samplers/sampl
 up/utils/model/lr_helper.py (warmup_epochs, linear, warmup_ratio), up/tasks/det/models/necks/fpn.py (FPN,
 downsample conv: P6 from the last lateral, no ReLU before P7), .../heads/roi_head/retina_head.py
 (RetinaHeadWithIOU: no scale per level), .../utils/bbox_helper.py (bbox2offset weights (1, 1, 1, 1)),
-.../postprocess/roi_predictor.py (base_multicls + retina_multicls merger).
+.../postprocess/roi_predictor.py (base_multicls + retina_multicls merger), .../postprocess/retina_post_process.py
+(IOUPostProcess: score cls x IoU, GIoU weighted by the IoU targets).
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ def assert_official_model(m):
     assert m.head.scale_per_level is False and m.head.quality_branch == "iou"  # RetinaHeadWithIOU
     assert (m.head.norm, m.head.prior_prob, m.assigner.type, m.assigner.topk) == ("gn", 0.001, "atss", 18)
     assert (m.anchors.scales, m.anchors.ratios) == ([0.75, 1.0], [1.0])  # anchor_scales [6, 8] of 8 x stride
-    # pre_nms_score_thresh 0, pre_nms_top_n 6000, NMS 0.5, top_n 300
+    # pre_nms_score_thresh 0, pre_nms_top_n 6000 (at most the level's anchors), NMS 0.5, top_n 300, score cls x IoU
     assert (m.test.score_thr, m.test.topk_per_level, m.test.nms_iou, m.test.max_dets) == (0.0, 6000, 0.5, 300)
+    assert (m.test.topk_capped_at_anchors, m.test.quality_fusion) == (True, "product")
+    assert m.loss_box.weighting == "iou_target"  # IOUPostProcess: GIoU weighted by the IoU targets
 
 
 @pytest.mark.parametrize("name", EFL_CONFIGS)

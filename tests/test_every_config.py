@@ -14,8 +14,11 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 SCALAR_ONLY_ROWS = {"retinanet_1a", "retinanet_1b", "atss_4"}
 CONFIGS = sorted(p for p in CONFIG_DIR.rglob("*.yaml")
                  if "_base_" not in p.parts and not SCALAR_ONLY_ROWS & set(p.parts))
-TINY = ["model.backbone.depth=18", "model.backbone.weights=null", "model.neck.out_channels=64",
-        "model.head.feat_channels=64", "model.head.num_convs=1"]  # 64: GroupNorm(32) needs 2+ channels per group
+# No weights are read: neither backbone weights nor a whole-detector init_checkpoint (configs/custom's fine-tuning
+# template names one that tools/convert_torchvision.py writes; its loading is tested in tests/test_custom_configs.py).
+TINY = ["model.backbone.depth=18", "model.backbone.weights=null", "model.init_checkpoint=null",
+        "model.neck.out_channels=64", "model.head.feat_channels=64",
+        "model.head.num_convs=1"]  # 64: GroupNorm(32) needs 2+ channels per group
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(CONFIG_DIR)) for p in CONFIGS])
@@ -41,6 +44,7 @@ def test_forward_backward(path):
 
 def test_configs_found():
     names = {str(p.relative_to(CONFIG_DIR)) for p in CONFIGS}
-    assert {"quickstart.yaml", "retinanet/retinanet_r50_fpn_1x_coco.yaml",
+    assert {"quickstart.yaml", "retinanet/retinanet_r50_fpn_1x_coco.yaml", "custom/retinanet_r18_scratch_cpu.yaml",
+            "custom/retinanet_r50_fpn_torchvision_finetune.yaml",
             "reproduce/retinanet_1c/scales_1_ratios_1.yaml", "reproduce/gfl/qfl_dfl_reg_max_20.yaml"} <= names
     assert not any(name.startswith("reproduce/atss_4/") for name in names)

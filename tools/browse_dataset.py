@@ -1,4 +1,5 @@
-"""Draw training (or val) samples as the model receives them: after resize, flip and multi-scale choice.
+"""Draw training (or val) samples as the model receives them: after resize, flip, multi-scale choice and the
+``data.augment`` augmentations (crops, large-scale jitter, photometric distortion) when they are on.
 
     python tools/browse_dataset.py CONFIG --out-dir browse/ [--split train|val] [--max-images 16] [--opts ...]
 

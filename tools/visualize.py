@@ -57,7 +57,8 @@ def model_results(cfg, config: str, checkpoint: str, dataset, indices: list[int]
     device = resolve_device(cfg.runtime.device)
     model = load_trained_model(cfg, checkpoint, config).to(device)
     return predict_images(model, dataset, indices, device, batch_size=cfg.data.test_batch_size,
-                          size_divisor=cfg.data.size_divisor, amp_dtype=resolve_amp_dtype(cfg.runtime.amp, device))
+                          size_divisor=cfg.data.size_divisor, amp_dtype=resolve_amp_dtype(cfg.runtime.amp, device),
+                          test_size=(cfg.data.test_min_size, cfg.data.test_max_size))
 
 
 def file_results(path: str, dataset) -> list[dict]:

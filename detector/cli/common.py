@@ -19,27 +19,26 @@ prints nothing: the failing process reports the error.
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 from collections.abc import Callable, Iterable
 
 from torch import nn
 
+from detector.cli.args import add_config_argument, add_opts_argument, tool_parser
 from detector.config import ConfigError, load_config
 from detector.config_schema import Config
 from detector.data.detection_dataset import BadImageError
-from detector.models import build_model
-from detector.runtime.checkpoint import CheckpointError
+from detector.predict.checkpoints import build_inference_model, config_from_meta, read_checkpoint_meta
+from detector.runtime.checkpoint import CheckpointError, load_checkpoint
 from detector.runtime.distributed import PeerProcessFailed
 from detector.runtime.logging_setup import setup_logging
 from detector.runtime.model_state import StateDictMismatchError, load_model_checkpoint
 from detector.runtime.work_dir import OutputPathError
 
 __all__ = ["EXIT_OK", "EXIT_BAD_INPUT", "EXIT_BAD_CONFIG", "EXIT_INTERRUPTED", "BAD_INPUT_ERRORS", "tool_parser",
-           "add_config_argument",
-           "add_opts_argument", "start_logging", "load_tool_config", "load_trained_model", "report_error",
-           "run_tool"]
+           "add_config_argument", "add_opts_argument", "start_logging", "load_tool_config", "load_checkpoint_config",
+           "load_trained_model", "report_error", "run_tool"]
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1
@@ -50,19 +49,6 @@ BAD_INPUT_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, ValueErr
                                                      OutputPathError)
 # Errors that one process meets alone (its own shard of the data), so every process reports its own.
 PER_PROCESS_ERRORS: tuple[type[BaseException], ...] = (BadImageError,)
-
-def tool_parser(description: str | None) -> argparse.ArgumentParser:
-    """An argument parser whose help shows the tool's module docstring as written."""
-    return argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-def add_config_argument(parser: argparse.ArgumentParser, help_text: str = "YAML config file") -> None:
-    parser.add_argument("config", help=help_text)
-
-
-def add_opts_argument(parser: argparse.ArgumentParser, help_text: str = "config overrides") -> None:
-    """``--opts KEY=VALUE ...``: YAML-typed config overrides (e.g. schedule.max_iters=100 data.min_size=[512])."""
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help=help_text)
 
 
 def start_logging(rank: int = 0) -> None:
@@ -76,10 +62,26 @@ def load_tool_config(path: str, opts: Iterable[str] = (), fixed: Iterable[str] =
     return load_config(path, [*fixed, *opts])
 
 
+def load_checkpoint_config(checkpoint: str, config_path: str | None = None, opts: Iterable[str] = (),
+                           fixed: Iterable[str] = ()) -> Config:
+    """The config to run ``checkpoint`` with: ``config_path`` when given (:func:`load_tool_config`), else the config
+    the checkpoint carries in its metadata, with ``fixed`` then ``opts`` overrides. A checkpoint without metadata
+    (written before checkpoints carried it) and no config raise CheckpointError saying to give the config."""
+    if config_path is not None:
+        return load_tool_config(config_path, opts, fixed)
+    state = load_checkpoint(checkpoint, map_location="cpu")
+    meta = read_checkpoint_meta(state, checkpoint)
+    if meta is None:
+        raise CheckpointError(f"checkpoint {checkpoint} carries no config (it was written before checkpoints held "
+                              "metadata): give the config it was trained with before it")
+    return config_from_meta(meta, checkpoint, [*fixed, *opts])
+
+
 def load_trained_model(cfg: Config, checkpoint: str, config_path: str | None = None) -> nn.Module:
-    """``build_model(cfg)`` with the weights of ``checkpoint`` (on the CPU). Weights of another architecture
-    raise CheckpointError listing the keys and shapes, naming the checkpoint and the config it was tried with."""
-    model = build_model(cfg)
+    """The model of ``cfg`` with the weights of ``checkpoint`` (on the CPU; no backbone weights are fetched nor
+    ``model.init_checkpoint`` read: the checkpoint overwrites them). Weights of another architecture raise
+    CheckpointError listing the keys and shapes, naming the checkpoint and the config it was tried with."""
+    model = build_inference_model(cfg)
     try:
         load_model_checkpoint(model, checkpoint, model_type=cfg.model.type)
     except StateDictMismatchError as err:

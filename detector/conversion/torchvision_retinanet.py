@@ -44,6 +44,7 @@ from detector.config import save_config
 from detector.config_schema import (AnchorConfig, BackboneConfig, BoxLossConfig, Config, HeadConfig, ModelConfig,
                                     NeckConfig, TestConfig)
 from detector.models import build_model
+from detector.predict.checkpoints import build_checkpoint_meta
 from detector.runtime.checkpoint import save_checkpoint
 
 # COCO 2017 detection category ids (1..90 without the 10 ids unused since the 2014 release).
@@ -248,6 +249,8 @@ def convert_torchvision(source: str, out: str | os.PathLike, version: str | None
     """Convert torchvision weights (file or weight name) into a focaldet checkpoint ``out`` and write the
     matching config next to it (``out`` with a ``.yaml`` suffix). Returns (checkpoint, config, version).
 
+    The checkpoint carries its config and torchvision's COCO class names and category ids (``meta``, see
+    :mod:`detector.predict.checkpoints`), so ``Detector.from_checkpoint`` and ``tools/predict.py`` use it alone.
     The config's ``model.init_checkpoint`` names the checkpoint (absolute path), so ``tools/train.py CONFIG``
     fine-tunes from it and ``tools/eval.py CONFIG CHECKPOINT`` evaluates it on data.val (COCO val2017 by
     default). With ``all_classes`` the 91 torchvision outputs are kept (label = category id), a model that
@@ -263,7 +266,10 @@ def convert_torchvision(source: str, out: str | os.PathLike, version: str | None
     config_path = out.with_suffix(".yaml")
     cfg = torchvision_config(version, num_classes, init_checkpoint=str(out.resolve()))
     check_against_model(build_model(dataclasses.replace(cfg.model, init_checkpoint=None)), converted)
+    category_ids = list(class_ids) if class_ids else list(range(num_classes))
+    names = torchvision.models.detection.RetinaNet_ResNet50_FPN_Weights.COCO_V1.meta["categories"]  # by category id
+    meta = build_checkpoint_meta(cfg, [names[i] for i in category_ids], category_ids)
     save_checkpoint(out, {"model": converted, "converted_from": str(source), "torchvision_version": version,
-                          "label_to_category_id": list(class_ids) if class_ids else list(range(num_classes))})
+                          "label_to_category_id": category_ids, "meta": meta})
     save_config(cfg, config_path)
     return out, config_path, version

@@ -27,6 +27,9 @@ class CocoDetection(DetectionDataset):
             memory, so they sum over the DataLoader worker processes and can be read from the main process
             at any time; each distinct bad image is logged once as a warning with the running counts.
             Meant for training: in evaluation the substitute image would be predicted twice.
+        exif_orientation: apply the EXIF orientation tag when decoding (as mmcv, detectron2 and Ultralytics
+            do), so an image and its annotation are in the orientation viewers show; False keeps the stored
+            pixel grid. Files without the tag decode the same either way.
 
     An annotation file that is not COCO format raises ValueError naming the file and the fault (not JSON,
     not an object, missing or non-list "images" / "annotations" / "categories", an LVIS file (hint: set
@@ -45,9 +48,10 @@ class CocoDetection(DetectionDataset):
         transforms=None,
         filter_empty: bool = False,
         on_bad_image: str = "error",
+        exif_orientation: bool = True,
     ) -> None:
         super().__init__(ann_file, img_dir, transforms=transforms, filter_empty=filter_empty,
-                         on_bad_image=on_bad_image)
+                         on_bad_image=on_bad_image, exif_orientation=exif_orientation)
         self._coco: COCO | None = None
         dataset = load_detection_json(ann_file)
         evidence = lvis_evidence(dataset)

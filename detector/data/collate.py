@@ -31,15 +31,18 @@ class DetectionCollator:
         for image in images:
             if image.dim() != 3 or image.shape[0] != num_channels:
                 raise ValueError(f"expected images of shape ({num_channels}, H, W), got {tuple(image.shape)}")
-        max_height = max(image.shape[1] for image in images)
-        max_width = max(image.shape[2] for image in images)
-        padded_height = int(math.ceil(max_height / self.size_divisor) * self.size_divisor)
-        padded_width = int(math.ceil(max_width / self.size_divisor) * self.size_divisor)
+        padded_height, padded_width = self.padded_shape(max(image.shape[1] for image in images),
+                                                        max(image.shape[2] for image in images))
         # One allocation for the whole batch, then one copy per image.
         padded = images[0].new_zeros((len(images), num_channels, padded_height, padded_width))  # (B, 3, H, W)
         for padded_image, image in zip(padded, images):
             padded_image[:, : image.shape[1], : image.shape[2]].copy_(image)
         return padded, targets
+
+    def padded_shape(self, height: int, width: int) -> tuple[int, int]:
+        """(H, W) of a batch whose largest image is ``height`` x ``width``: each side rounded up to size_divisor."""
+        return (int(math.ceil(height / self.size_divisor) * self.size_divisor),
+                int(math.ceil(width / self.size_divisor) * self.size_divisor))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size_divisor={self.size_divisor})"

@@ -14,12 +14,12 @@ import logging
 import math
 import os
 import re
-import warnings
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
-from torchvision.io import ImageReadMode, decode_image, read_file
+
+from detector.data.image_io import ImageReadError, decode_image_file, exif_orientation_tag
 
 logger = logging.getLogger("detector.data")
 
@@ -30,8 +30,6 @@ _BAD_IMAGE_POLICIES = ("error", "skip")
 # built the dataset: slot 0; DataLoader worker w: slot 1 + w % (slots - 1)). Each process only writes its
 # own slot, so no lock is needed, and every process can read the total at any time.
 _SKIP_COUNTER_SLOTS = 64
-# torchvision's decoders prefix their messages with "function, /path/to/file.cpp:123, ".
-_CPP_LOCATION = re.compile(r"^[\w:() ]*, \S+\.(?:cpp|h|c):\d+, ")
 
 
 class BadImageError(RuntimeError):
@@ -81,7 +79,7 @@ class DetectionDataset(Dataset):
     has_crowd = True
 
     def __init__(self, ann_file: str, img_dir: str | None, transforms=None, filter_empty: bool = False,
-                 on_bad_image: str = "error") -> None:
+                 on_bad_image: str = "error", exif_orientation: bool = True) -> None:
         if on_bad_image not in _BAD_IMAGE_POLICIES:
             raise ValueError(f"on_bad_image must be one of {_BAD_IMAGE_POLICIES}, got {on_bad_image!r}")
         if not os.path.isfile(ann_file):
@@ -93,6 +91,7 @@ class DetectionDataset(Dataset):
         self.transforms = transforms
         self.filter_empty = filter_empty
         self.on_bad_image = on_bad_image
+        self.exif_orientation = exif_orientation  # apply the EXIF orientation tag (upright as viewers show it)
         self._skip_counts = torch.zeros(_SKIP_COUNTER_SLOTS, dtype=torch.int64).share_memory_()  # (slots,)
 
     # ------------------------------------------------------------------ parsing
@@ -266,6 +265,10 @@ class DetectionDataset(Dataset):
         """Height / width of every image, from the JSON (for aspect-ratio grouping)."""
         return (self._heights / self._widths).tolist()
 
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(height, width) of every image, from the JSON (e.g. for grouping inference batches by padded shape)."""
+        return list(zip(self._heights.tolist(), self._widths.tolist()))
+
     def image_category_ids(self) -> list[list[int]]:
         """Original category ids of the non-crowd boxes of every image (e.g. for repeat-factor sampling)."""
         return [
@@ -325,21 +328,27 @@ class DetectionDataset(Dataset):
                 raise BadImageError(f"image file not found: {candidates[0]} (image id {image_id})")
             raise BadImageError(f"image file not found for image id {image_id}; tried {', '.join(candidates)}")
         try:
-            with warnings.catch_warnings():
-                # torchvision 0.29 deprecates its decoders in favour of TorchCodec; they remain the
-                # dependency-free choice here, so the per-call notice is silenced.
-                warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
-                image = decode_image(read_file(path), mode=ImageReadMode.RGB)  # (3, H, W) uint8
-        except (RuntimeError, ValueError, OSError) as err:
-            reason = _CPP_LOCATION.sub("", str(err))
-            raise BadImageError(f"cannot decode image {path} (image id {image_id}): {reason}") from err
+            image = decode_image_file(path, self.exif_orientation, name=f"{path} (image id {image_id})")  # (3, H, W)
+        except ImageReadError as err:
+            raise BadImageError(str(err)) from err
         expected = (int(self._heights[index]), int(self._widths[index]))
         if tuple(image.shape[-2:]) != expected:
-            raise BadImageError(
-                f"image {path} (image id {image_id}) decodes to size {tuple(image.shape[-2:])} but its "
-                f"annotation says (height, width) = {expected}"
-            )
+            raise BadImageError(f"image {path} (image id {image_id}) decodes to size {tuple(image.shape[-2:])} but "
+                                f"its annotation says (height, width) = {expected}{self._exif_hint(path)}")
         return image
+
+    def _exif_hint(self, path: str) -> str:
+        """What a size mismatch may owe to the file's EXIF orientation tag ("" when it has none)."""
+        orientation = exif_orientation_tag(path)
+        if orientation is None or orientation == 1:
+            return ""
+        turned = orientation >= 5  # 5-8: the stored pixel grid is the displayed one turned by 90 degrees
+        if self.exif_orientation:
+            return (f"; the file has EXIF orientation {orientation}, applied when reading (data.exif_orientation: "
+                    f"true){', which swaps height and width' if turned else ''}: annotate the image as viewers "
+                    "show it, or set data.exif_orientation: false if the annotation follows the stored pixel grid")
+        return (f"; the file has EXIF orientation {orientation}, ignored (data.exif_orientation: false): set "
+                "data.exif_orientation: true if the annotation follows the image as viewers show it")
 
     def get_target(self, index: int) -> dict:
         """Untransformed target of image `index` (boxes in original pixels)."""

@@ -19,7 +19,6 @@ import posixpath
 from urllib.parse import urlparse
 
 import numpy as np
-from lvis import LVIS
 
 from detector.data.annotation_files import check_detection_dict, format_hint, load_detection_json, lvis_evidence
 from detector.data.detection_dataset import DetectionDataset
@@ -40,7 +39,7 @@ class LVISDetection(DetectionDataset):
             `img_dir/<file_name>`; otherwise from `img_dir/<folder>/<file>` and then `img_dir/<file>`, where
             `<folder>/<file>` are the last two parts of its "coco_url" (e.g. val2017/000000397133.jpg).
             None: annotations only, as for `CocoDetection`.
-        transforms, filter_empty, on_bad_image: as for `CocoDetection`.
+        transforms, filter_empty, on_bad_image, exif_orientation: as for `CocoDetection`.
 
     Items, `cat_ids`, `label_to_cat_id`, `cat_id_to_label`, `class_names`, `num_classes` (1203 for LVIS v1),
     `image_ids`, `stats`, `aspect_ratios()`, `image_category_ids()` are those of `CocoDetection`
@@ -62,9 +61,10 @@ class LVISDetection(DetectionDataset):
         transforms=None,
         filter_empty: bool = False,
         on_bad_image: str = "error",
+        exif_orientation: bool = True,
     ) -> None:
         super().__init__(ann_file, img_dir, transforms=transforms, filter_empty=filter_empty,
-                         on_bad_image=on_bad_image)
+                         on_bad_image=on_bad_image, exif_orientation=exif_orientation)
         self._lvis: LVIS | None = None
         # Our own reader rather than lvis.LVIS: its index is not needed here, and it fails on malformed
         # files with bare KeyErrors / assertions, where _index names the file and the entry.
@@ -147,8 +147,10 @@ class LVISDetection(DetectionDataset):
         return info
 
 
-def _read_lvis(ann_file: str) -> LVIS:
+def _read_lvis(ann_file: str) -> "LVIS":  # noqa: F821 (lvis.LVIS)
     """`lvis.LVIS(ann_file)`, with malformed files reported as a ValueError naming the file and the fault."""
+    from lvis import LVIS  # imported here: the lvis package pulls in cv2 and matplotlib, which training never uses
+
     try:
         api = LVIS(ann_file)
     except (ValueError, AssertionError, KeyError, TypeError, AttributeError) as err:  # ValueError: JSON, UTF-8

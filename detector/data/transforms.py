@@ -4,8 +4,9 @@ The image is wrapped as a `tv_tensors.Image` and the boxes and ignore boxes as `
 so every v2 transform moves them together; the wrapper `DetectionTransform` then unwraps them into plain
 tensors and records the resized image size in `target["img_size"]`.
 
-The pipeline is: resize the shorter side to a (random, in training) minimum size with the longer side capped,
-horizontal flip (training only), uint8 -> float32 in [0, 1], normalise with mean/std.
+The pipeline is: (training, ``data.augment``: photometric distortion and crops, :mod:`detector.data.augment`),
+resize the shorter side to a (random, in training) minimum size with the longer side capped,
+(or large-scale jitter), dropping boxes cut to slivers, horizontal flip (training only), uint8 -> float32 in [0, 1], normalise with mean/std.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
+
+from detector.data.augment import DropSmallBoxes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,22 +38,30 @@ def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tupl
 class ResizeShortestEdge(v2.Transform):
     """Aspect-preserving resize: shorter side to one of `min_sizes`, longer side at most `max_size`.
 
-    With several `min_sizes` and `random=True` one is drawn per call with torch's RNG (multi-scale training);
-    otherwise the last one is used. Written here rather than taken from v2.RandomShortestSize, which
-    truncates instead of rounding (a 600 px side scaled to 800 can come out as 799).
+    With several `min_sizes` and `random=True` a size is drawn per call with torch's RNG (multi-scale training):
+    one of `min_sizes` (`sampling="choice"`, detectron2's multi-scale) or any integer from min(min_sizes) to
+    max(min_sizes), uniformly (`sampling="range"`, mmdetection's multiscale_mode 'range'); otherwise the last
+    one is used. Written here rather than taken from v2.RandomShortestSize, which truncates instead of rounding
+    (a 600 px side scaled to 800 can come out as 799).
     """
 
-    def __init__(self, min_sizes: Sequence[int], max_size: int, random: bool = False) -> None:
+    def __init__(self, min_sizes: Sequence[int], max_size: int, random: bool = False,
+                 sampling: str = "choice") -> None:
         super().__init__()
         if not min_sizes or any(s <= 0 for s in min_sizes) or max_size <= 0:
             raise ValueError(f"sizes must be positive, got min_sizes={min_sizes}, max_size={max_size}")
+        if sampling not in ("choice", "range"):
+            raise ValueError(f"sampling must be choice or range, got {sampling!r}")
         self.min_sizes = [int(s) for s in min_sizes]
         self.max_size = int(max_size)
         self.random = random
+        self.sampling = sampling
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         height, width = v2.query_size(flat_inputs)
-        if self.random and len(self.min_sizes) > 1:
+        if self.random and len(self.min_sizes) > 1 and self.sampling == "range":
+            min_size = int(torch.randint(min(self.min_sizes), max(self.min_sizes) + 1, ()))
+        elif self.random and len(self.min_sizes) > 1:
             min_size = self.min_sizes[int(torch.randint(len(self.min_sizes), ()))]
         else:
             min_size = self.min_sizes[-1]
@@ -80,10 +91,12 @@ class DetectionTransform:
             for key in ("boxes", "ignore_boxes")
             if key in target
         }
+        if "labels" in target:  # a plain tensor: v2 passes it through; crops drop labels with their boxes
+            boxes["labels"] = target["labels"]
         image, boxes = self.pipeline(tv_tensors.Image(image), boxes)
         target = dict(target)
         for key, value in boxes.items():
-            target[key] = value.as_subclass(torch.Tensor)  # (G, 4) / (C, 4)
+            target[key] = value.as_subclass(torch.Tensor)  # (G, 4) / (C, 4) / (G,)
         image = image.as_subclass(torch.Tensor)  # (3, h, w)
         target["img_size"] = (int(image.shape[-2]), int(image.shape[-1]))
         return image, target
@@ -99,21 +112,37 @@ def build_transforms(
     flip_prob: float = 0.5,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    min_size_sampling: str = "choice",
+    before_resize: Sequence[v2.Transform] = (),
+    jitter: tuple[float, v2.Transform] | None = None,
+    min_box_size: float | None = None,
 ) -> DetectionTransform:
     """Build the train or eval transform.
 
     Args:
-        train: multi-scale resize (random choice among `min_size`) and horizontal flip when True; otherwise
-            resize with the single (or last) `min_size` and no flip.
+        train: multi-scale resize (a random size from `min_size`, as `min_size_sampling` says) and horizontal
+            flip when True; otherwise resize with the single (or last) `min_size` and no flip.
         min_size: target shorter side, or a list of them for multi-scale training.
+        min_size_sampling: "choice" (one of the listed sizes) or "range" (any integer between their min and max).
         max_size: cap on the longer side.
         flip_prob: probability of a horizontal flip (training only).
         mean, std: per-channel normalisation on the [0, 1] scale.
+        before_resize: training augmentations on the uint8 image and its boxes before the resize
+            (:mod:`detector.data.augment`: photometric, IoU crop, area crop).
+        jitter: (probability, transform) that replaces the resize for that fraction of the samples
+            (large-scale jitter).
+        min_box_size: when given, boxes and crowd regions narrower or shorter than this (pixels of the
+            network input) are dropped after the resize (after crops have cut them).
     """
     min_sizes = [int(min_size)] if isinstance(min_size, int) else [int(s) for s in min_size]
     if not 0.0 <= flip_prob <= 1.0:
         raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
-    steps: list[v2.Transform] = [ResizeShortestEdge(min_sizes, max_size, random=train)]
+    resize: v2.Transform = ResizeShortestEdge(min_sizes, max_size, random=train, sampling=min_size_sampling)
+    if jitter is not None:
+        resize = v2.RandomChoice([jitter[1], resize], p=[jitter[0], 1.0 - jitter[0]])
+    steps: list[v2.Transform] = [*before_resize, resize]
+    if min_box_size is not None:
+        steps.append(DropSmallBoxes(min_box_size))
     if train and flip_prob > 0:
         steps.append(v2.RandomHorizontalFlip(p=flip_prob))
     steps += [

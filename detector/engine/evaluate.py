@@ -24,6 +24,7 @@ from detector.data.lvis import LVISDetection
 from detector.evaluation import (COCOEvaluator, LVISEvaluator, gather_results, merge_result_shards, run_inference,
                                  save_results, write_results_shard)
 from detector.evaluation.ground_truth import missing_area_message
+from detector.evaluation.tta import build_tta
 from detector.runtime.device import resolve_amp_dtype
 from detector.runtime.distributed import barrier, get_rank, get_world_size, is_main_process
 from detector.visualization.detections import draw_first_images
@@ -93,7 +94,8 @@ def gather_lvis_shards(results: list[dict], shard_dir: Path) -> dict | None:
 def evaluate_model(cfg: Config, model: nn.Module, device: torch.device, results_out: str | None = None,
                    per_class: bool = False, progress: bool = True, shard_dir: str | Path | None = None,
                    pr_curves: bool = False, keep_images: int = 0) -> dict:
-    """Run inference over the val set on every process and score it on the main process.
+    """Run inference over the val set on every process and score it on the main process; with
+    ``evaluation.tta`` set, each image is predicted over its augmented views, merged (detector.evaluation.tta).
 
     Returns the metrics dict on the main process (an empty dict elsewhere). ``shard_dir`` (a folder every
     process can write) is needed for LVIS with several processes. ``pr_curves`` adds the evaluator's
@@ -103,7 +105,8 @@ def evaluate_model(cfg: Config, model: nn.Module, device: torch.device, results_
     loader = build_val_loader(cfg, rank=get_rank(), world_size=get_world_size())
     check_evaluable(loader.dataset)  # every process alike, before the inference it would waste
     was_training = model.training
-    results = run_inference(model, loader, device, amp_dtype=resolve_amp_dtype(cfg.runtime.amp, device),
+    inference_model = build_tta(model, cfg.evaluation.tta, cfg)  # the model itself when evaluation.tta is null
+    results = run_inference(inference_model, loader, device, amp_dtype=resolve_amp_dtype(cfg.runtime.amp, device),
                             progress=progress and is_main_process())
     model.train(was_training)
     if cfg.data.val.format == "lvis" and get_world_size() > 1:

@@ -8,9 +8,9 @@ The last good state. A step runs in two parts.
    statistics in the forward pass, EFL's gradient sums in the backward pass. :class:`BufferSnapshot` copies
    the buffers before each step (one foreach copy) and puts them back when the step fails in this part, so
    model, optimizer, schedule, scaler and iteration are then exactly those of the last finished step.
-2. The update: optimizer step, scaler update, iteration + 1, scheduler step. It runs with signals deferred
-   (:func:`detector.runtime.signals.deferred`), so that neither a signal nor torch's "DataLoader worker ... killed"
-   (raised from its SIGCHLD handler between any two bytecodes) cuts it in two. Only an error of the update
+2. The update: optimizer step, scaler update, iteration + 1, scheduler step, EMA update. It runs with signals
+   deferred (:func:`detector.runtime.signals.deferred`), so that neither a signal nor torch's "DataLoader worker
+   ... killed" (raised from its SIGCHLD handler between any two bytecodes) cuts it in two. Only an error of the update
    itself can; the weights may then be half-updated, and nothing is written (last.pt keeps its step).
 
 Between steps (loading a batch, logging, checkpointing, evaluating) the state is the last finished step's.
@@ -83,7 +83,7 @@ def _save_last_finished_step(trainer) -> None:
     """last.pt of the last finished step, written by the main process alone (no collective: the other processes
     may be gone, its random state only), unless last.pt holds that step already."""
     checkpoints = trainer.checkpoints
-    if checkpoints.manager is None or trainer.iteration in (0, checkpoints.last_written):
+    if checkpoints.manager is None or trainer.iteration == 0 or checkpoints.holds(trainer.iteration):
         return
     try:
         checkpoints.write(trainer.state_dict(collective=False), trainer.iteration, False, trainer.model_is_finite)

@@ -1,7 +1,8 @@
 """Resuming a run: which checkpoint, whether it holds a training state, and whose random state each process takes.
 
 ``--resume`` continues a run exactly where it stopped, so it needs the whole training state (model, optimizer,
-schedule, GradScaler, iteration, random states). A file with model weights only (a bare state dict, a published
+schedule, GradScaler, iteration, random states; the EMA weights and the best-metric tracker when the run kept
+them). A file with model weights only (a bare state dict, a published
 or exported model, ``{"model": ...}``) cannot do that: it is refused in one line that says how to start a new
 run from those weights instead (``model.init_checkpoint``, with a fresh optimizer and schedule from iteration 0).
 Silently restarting the schedule would put a trained model back through warm-up at the initial learning rate.
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 
 from detector.config_schema import Config
+from detector.engine.best_checkpoint import BEST_KEY
 from detector.engine.optim import load_optimizer_state
 from detector.runtime.checkpoint import CheckpointError, load_checkpoint
 from detector.runtime.distributed import get_rank, get_world_size
@@ -78,15 +80,23 @@ def rng_state_for_rank(rng: dict | list, saved_world_size: int, rank: int, world
 def restore_training_state(trainer, path: Path) -> None:
     """Put the training state of checkpoint ``path`` into ``trainer`` (every process; see the Trainer)."""
     state = load_checkpoint(path, map_location="cpu")
+    bare = bool(state) and all(isinstance(value, torch.Tensor) for value in state.values())
+    weights = state if bare else state.get("model")
+    # First what a mismatch names best (another kind of model, another parameter grouping), then completeness.
+    if weights is not None:
+        load_model_state(unwrap_model(trainer.model), weights, source=f"checkpoint {path}",
+                         model_type=trainer.cfg.model.type)
+    if "optimizer" in state:
+        load_optimizer_state(trainer.optimizer, state["optimizer"], source=f"checkpoint {path}")
     check_training_state(state, path)
-    load_model_state(unwrap_model(trainer.model), state["model"], source=f"checkpoint {path}",
-                     model_type=trainer.cfg.model.type)
-    load_optimizer_state(trainer.optimizer, state["optimizer"], source=f"checkpoint {path}")
     trainer.scheduler.load_state_dict(state["scheduler"])
     trainer.scaler.load_state_dict(state["scaler"])
     trainer.iteration = int(state["iteration"])
     trainer.num_skipped_steps = int(state.get("num_skipped_steps", 0))
     trainer.nonfinite_streak = int(state.get("nonfinite_streak", 0))
+    trainer.best.load_state_dict(state.get(BEST_KEY))
+    if trainer.ema is not None:
+        trainer.ema.resume(state, unwrap_model(trainer.model), f"checkpoint {path}")
     restore_rng_state(rng_state_for_rank(state["rng"], int(state.get("world_size", 1)), get_rank(),
                                          get_world_size(), path))
     trainer.checkpoints.resumed(path, trainer.iteration)

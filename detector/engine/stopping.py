@@ -3,8 +3,8 @@
 :class:`StopSignal` only records the signal; the trainer reads it once per step, agrees on it with every
 process, writes last.pt and raises :class:`TrainingInterrupted`. During an evaluation (which changes no training
 state, and follows a checkpoint) a signal abandons the evaluation at once instead: :meth:`StopSignal.abandoning`
-turns it into :class:`StopNow`. :class:`NonFiniteLossError` ends a run whose losses or gradients stayed
-non-finite too many steps in a row (last.pt is left as the last good state).
+turns it into :class:`StopNow`. :class:`NonFiniteLossError` (from :func:`count_skipped_step`) ends a run whose
+losses or gradients stayed non-finite too many steps in a row (last.pt is left as the last good state).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from detector.runtime.distributed import is_main_process, reduce_loss_dict
 from detector.runtime.signals import STOP_SIGNALS
 
 logger = logging.getLogger("detector.engine")
@@ -52,6 +53,32 @@ def divergence_error(streak: int, limit: int, iteration: int, losses: dict[str, 
     return NonFiniteLossError(
         f"{streak} non-finite steps in a row (limit runtime.max_consecutive_nonfinite={limit}) at iteration "
         f"{iteration}; last losses: {_format_losses(losses)}{good}; last good checkpoint kept: {kept}")
+
+
+def count_skipped_step(trainer, step: StepResult, last_good: tuple[int, dict] | None) -> None:
+    """Count a skipped step of ``trainer``; raise NonFiniteLossError when the streak passes the limit (all ranks
+    alike; ``last_good``: the iteration and losses of the last finite step).
+
+    fp16 steps whose gradients overflowed while the loss stayed finite are the GradScaler's normal working (it
+    halves the scale and retries): they are counted in ``skipped_steps`` but not in the streak, which would
+    otherwise stop healthy fp16 runs during their first iterations.
+    """
+    trainer.num_skipped_steps += 1
+    amp_overflow = trainer.scaler.is_enabled() and not step.nonfinite_loss
+    if not amp_overflow:
+        trainer.nonfinite_streak += 1
+    limit = trainer.cfg.runtime.max_consecutive_nonfinite
+    if is_main_process():
+        logger.warning("iteration %d: non-finite %s, step skipped (%d in a row, %d skipped in all)",
+                       trainer.iteration, "loss" if step.nonfinite_loss else "gradient", trainer.nonfinite_streak,
+                       trainer.num_skipped_steps)
+    if trainer.nonfinite_streak <= limit:
+        return
+    values = reduce_loss_dict(step.losses)
+    trainer.trackers.on_log_step(trainer.iteration, {**values, "skipped_steps": trainer.num_skipped_steps})
+    kept = trainer.last_checkpoint if trainer.last_checkpoint.is_file() else "none written yet"
+    raise divergence_error(trainer.nonfinite_streak, limit, trainer.iteration, values,
+                           (last_good[0], reduce_loss_dict(last_good[1])) if last_good else None, kept)
 
 
 class TrainingInterrupted(Exception):

@@ -2,11 +2,13 @@
 
 One call, ``train(cfg, work_dir, resume)``, does the whole run:
   work dir (locked; a new run never overwrites another's checkpoints) -> data (the val set checked up front)
-  -> model (DDP when launched by torchrun) -> SGD + warm-up multi-step schedule -> loop (AMP, gradient clipping,
-  non-finite steps skipped) -> logging (a plain line every ``runtime.log_interval`` iterations on the console and
-  in train.log, tqdm on a terminal, ``runtime.trackers``: TensorBoard, metrics.jsonl, W&B, MLflow) -> checkpoints
-  (last.pt + every N iterations) -> evaluation (every N iterations and at the end; TensorBoard images of the
-  first val images' detections and per-class PR curves).
+  -> model (DDP when launched by torchrun) -> optimizer + warm-up lr schedule (engine/recipe.py) -> loop (AMP,
+  gradient accumulation and clipping, non-finite steps skipped, EMA) -> logging (a plain line every
+  ``runtime.log_interval`` iterations on the console and in train.log, tqdm on a terminal, and the
+  ``runtime.trackers``: TensorBoard, metrics.jsonl, W&B, MLflow; engine/trackers) -> checkpoints (last.pt + every
+  N iterations) -> evaluation (every N iterations and at the end, of the EMA weights when on; TensorBoard images
+  of the first val images' detections and per-class PR curves; best.pt and early stopping with
+  ``evaluation.save_best``).
 
 The schedule is counted in iterations. With ``schedule.epochs`` the length and ``schedule.steps`` are
 converted with the sampler's batches per epoch, as is ``schedule.warmup_epochs`` (with repeat-factor sampling
@@ -14,24 +16,25 @@ an epoch is the resampled list); ``schedule.max_iters`` caps the iterations actu
 (the learning-rate schedule keeps the full length, so a capped run is the head of the full run).
 
 Exact resume. A checkpoint holds the model (EFL statistics are model buffers), optimizer, scheduler,
-GradScaler, the iteration (which fixes the sampler's epoch and position), the skipped-step counters and
-every process's RNG states. Each sample's augmentation is seeded from (runtime.seed, epoch, position)
-(:mod:`detector.data.seeded`), so N iterations + resume + N iterations give the same weights as 2N in one go
-(bit for bit with ``runtime.deterministic`` on the CPU), with any ``data.num_workers``.
+GradScaler, the iteration (which fixes the sampler's epoch and position), the skipped-step counters,
+every process's RNG states and, when on, the EMA weights (engine/ema.py) and the best-metric tracker, plus the
+metadata that lets the file be used alone (config, class names: :mod:`detector.predict.checkpoints`). Each
+sample's augmentation is seeded from (runtime.seed, epoch, position) (:mod:`detector.data.seeded`), so N
+iterations + resume + N iterations give the same weights as 2N in one go (bit for bit with
+``runtime.deterministic`` on the CPU), with any ``data.num_workers``.
 
 Stopping. SIGTERM / SIGINT / SIGHUP set a flag (loader workers ignore them); the step in flight finishes, every
 process agrees on the flag (it rides in the one small all-reduce that each step already makes to agree on
 skipping non-finite steps), last.pt is written and :class:`TrainingInterrupted` is raised. During an
 evaluation, which a checkpoint precedes, a signal abandons it at once. A second SIGINT abandons the step in
-flight. Any other exception that escapes the loop first has last.pt written with the last finished step
-(:mod:`detector.engine.failsafe` says which state that is). More than ``runtime.max_consecutive_nonfinite``
-non-finite steps in a row raise :class:`NonFiniteLossError` without writing a checkpoint, so last.pt stays the
-last good state.
+flight. Any other exception that escapes the loop first has last.pt written with the last finished step, EMA
+and best-metric tracker included (:mod:`detector.engine.failsafe` says which state that is); best.pt is written
+like last.pt. More than ``runtime.max_consecutive_nonfinite`` non-finite steps in a row raise
+:class:`NonFiniteLossError` without writing a checkpoint, so last.pt stays the last good state.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import sys
@@ -46,17 +49,20 @@ from tqdm import tqdm
 from detector.config import config_to_dict, save_config
 from detector.config_schema import Config
 from detector.data.build import build_train_loader, prepare_synthetic_data
+from detector.engine.accumulation import GradientAccumulator, amp_autocast, scaled_backward
+from detector.engine.best_checkpoint import BEST_KEY, BestTracker, record_best
+from detector.engine.ema import EMA_KEY, ModelEMA
 from detector.engine.evaluate import check_val_set, evaluate_model
 from detector.engine.failsafe import BufferSnapshot, after_error
-from detector.engine.lr_schedule import WarmupMultiStepLR, schedule_length
 from detector.engine.model_setup import build_training_model
-from detector.engine.optim import build_optimizer
+from detector.engine.recipe import build_lr_scheduler, build_training_optimizer, schedule_length
 from detector.engine.resume import find_resume_checkpoint, restore_training_state
 from detector.engine.run_checkpoints import RunCheckpoints
 from detector.engine.stopping import (NonFiniteLossError, StepResult, StopSignal, TrainingInterrupted,  # noqa: F401
-                                     divergence_error)  # the tools import the exceptions from here
-from detector.engine.train_log import metrics_log_line, train_log_line
+                                     count_skipped_step)  # the tools import the exceptions from here
 from detector.engine.trackers import TrackerList, build_trackers
+from detector.engine.train_log import metrics_log_line, train_log_line
+from detector.predict.checkpoints import build_checkpoint_meta
 from detector.runtime.device import resolve_amp_dtype, resolve_device
 from detector.runtime.distributed import (all_reduce_sum, barrier, get_world_size, init_distributed,
                                           is_distributed, is_main_process, on_main_process, reduce_loss_dict)
@@ -106,34 +112,39 @@ class Trainer:
     def set_up(self, rank: int, world_size: int, resume: bool | str | Path | None) -> None:
         cfg = self.cfg
         seed_everything(cfg.runtime.seed, rank=0, deterministic=cfg.runtime.deterministic)  # same init everywhere
+        # First: a listed tracker whose package is missing stops the run before any data or model work.
+        self.trackers = on_main_process(lambda: build_trackers(cfg, self.work_dir)) or TrackerList()
         on_main_process(lambda: (save_config(cfg, self.work_dir / "config.yaml"), prepare_synthetic_data(cfg)))
         self.model = model = build_training_model(cfg, self.device, world_size)
         seed_everything(cfg.runtime.seed, rank=rank, deterministic=cfg.runtime.deterministic)
         self.loader, self.sampler = build_train_loader(cfg, rank=rank, world_size=world_size)
         if cfg.runtime.eval_interval or cfg.runtime.eval_at_end:  # now, not at the first evaluation hours later
             on_main_process(lambda: check_val_set(cfg, self.loader.dataset.dataset))
+        train_set = self.loader.dataset.dataset  # inside the SeededDataset: class names and category ids
+        self.meta = build_checkpoint_meta(cfg, train_set.class_names, train_set.cat_ids)  # in every checkpoint
         self.length = schedule_length(cfg, self.sampler.num_batches_per_epoch)
-        s = cfg.schedule
-        self.optimizer = build_optimizer(model, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay,
-                                         no_decay_norm_bias=s.no_decay_norm_bias,
-                                         fused=cfg.runtime.fused_optimizer)
-        self.scheduler = WarmupMultiStepLR(self.optimizer, self.length.milestones, gamma=s.gamma,
-                                           warmup_iters=self.length.warmup_iters, warmup_factor=s.warmup_factor)
+        self.optimizer = build_training_optimizer(cfg, model)
+        self.scheduler = build_lr_scheduler(cfg, self.optimizer, self.length.total_iters, self.length.milestones,
+                                            self.length.warmup_iters)
         self.amp_dtype = resolve_amp_dtype(cfg.runtime.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.runtime.amp == "fp16")
         if world_size > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        self.accumulator = GradientAccumulator(self.model, cfg.schedule.accumulate, cfg.data.batch_size // world_size,
+                                               cfg.schedule.accumulate_exact, amp_autocast(self.device, self.amp_dtype),
+                                               scaled_backward(self.scaler))
+        self.ema = ModelEMA(model, cfg.runtime.ema.decay, cfg.runtime.ema.warmup) if cfg.runtime.ema.decay else None
+        self.best = BestTracker(cfg.evaluation.save_best, cfg.runtime.early_stop_patience)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.buffers = BufferSnapshot(model)  # restored when a step fails half-way (see engine/failsafe.py)
         self.checkpoints = RunCheckpoints(self.work_dir / "checkpoints", cfg.runtime.keep_checkpoints,
                                           writer=is_main_process())
-        self.trackers = self.metrics_log = on_main_process(lambda: build_trackers(cfg, self.work_dir)) or TrackerList()
         self.stop = StopSignal()
         self.iteration = 0
         self.num_skipped_steps = 0   # every skipped step (non-finite loss or gradient, fp16 overflow)
         self.nonfinite_streak = 0    # consecutive skipped steps that count toward the limit
-        self.phase = "between"       # "step" (forward / backward) or "update" (optimizer step ... iteration + 1)
+        self.phase = "between"       # "step" (forward / backward) or "update" (optimizer step ... EMA update)
         self.evaluating = None       # "mid-run" or "final" during an evaluation
         self.eval_metrics: dict = {}
         path = self.resume_path(resume)
@@ -174,22 +185,26 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "iteration": self.iteration, "epoch": epoch, "batch_in_epoch": position,
                 "num_skipped_steps": self.num_skipped_steps, "nonfinite_streak": self.nonfinite_streak,
-                "world_size": get_world_size(), "rng": rng_per_rank}
+                "world_size": get_world_size(), "rng": rng_per_rank, "meta": self.meta,
+                **({BEST_KEY: self.best.state_dict()} if self.best.enabled else {}),
+                **({EMA_KEY: self.ema.state_dict()} if self.ema is not None else {})}
 
     def model_is_finite(self) -> bool:
         tensors = [t for t in unwrap_model(self.model).state_dict().values() if t.is_floating_point()]
         return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
 
-    def save_checkpoint(self, keep: bool) -> Path | None:
-        """Write last.pt (and iter_*.pt when ``keep``) on the main process; all processes must call it.
+    def save_checkpoint(self, keep: bool, best: bool = False) -> Path | None:
+        """Write last.pt (and iter_*.pt when ``keep``, best.pt when ``best``) on the main process; all processes
+        must call it.
 
-        Without ``keep`` nothing is written when last.pt already holds this iteration. Returns the written path
-        (None elsewhere, when skipped, or when refused: see :meth:`RunCheckpoints.write`)."""
+        Without ``keep`` nothing is written when last.pt already holds this iteration's state. Returns the written
+        path of last.pt or iter_*.pt (None elsewhere, when skipped, or when refused: see
+        :meth:`RunCheckpoints.write`)."""
         if not self.checkpoints.due(self.iteration, keep):
             return None
         state = self.state_dict()  # collective: every rank
         self.checkpoints.saved_iteration = self.iteration
-        path = self.checkpoints.write(state, self.iteration, keep, self.model_is_finite)
+        path = self.checkpoints.write(state, self.iteration, keep, self.model_is_finite, best=best)
         if path is not None:
             self.trackers.on_checkpoint(self.iteration, path)
         barrier()
@@ -213,22 +228,18 @@ class Trainer:
         """One optimiser step, skipped (gradients dropped) when any process saw a non-finite loss or gradient.
 
         The finiteness flags and the stop flag travel in one 3-element all-reduce, read by the host once per
-        step: every process then skips, and stops, at the same iteration. The update (optimizer step, scaler
-        update, iteration + 1, scheduler step) runs with signals deferred, so no signal splits it; a failure
-        before it leaves the last step's state (see :mod:`detector.engine.failsafe`).
+        step: every process then skips, and stops, at the same iteration. The batch's gradients may come from
+        several micro-batches (``schedule.accumulate``, GradientAccumulator). The update (optimizer step, scaler
+        update, iteration + 1, scheduler step, EMA update) runs with signals deferred, so no signal splits it; a
+        failure before it leaves the last step's state (see :mod:`detector.engine.failsafe`).
         """
         self.buffers.take()
         self.phase = "step"
         images = images.to(self.device, non_blocking=True)
         if self.cfg.runtime.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else \
-            contextlib.nullcontext()
-        with autocast:
-            losses = self.model(images, targets)
-        total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
+        losses, total = self.accumulator.forward_backward(images, targets)  # schedule.accumulate micro-batches
         self.scaler.unscale_(self.optimizer)
         grads = [p.grad for p in self.params if p.grad is not None]
         if not grads:
@@ -237,7 +248,7 @@ class Trainer:
             grad_norm = nn.utils.clip_grad_norm_(self.params, self.cfg.schedule.clip_grad_norm, foreach=True)
         else:
             grad_norm = nn.utils.get_total_norm(grads, foreach=True)
-        flags = torch.stack([~torch.isfinite(total.detach()), ~torch.isfinite(grad_norm),
+        flags = torch.stack([~torch.isfinite(total), ~torch.isfinite(grad_norm),
                              torch.tensor(self.stop.requested, device=grad_norm.device)]).float()  # (3,)
         nonfinite_loss, nonfinite_grad, stop = (value > 0 for value in all_reduce_sum(flags).tolist())
         with deferred():
@@ -251,32 +262,10 @@ class Trainer:
             with warnings.catch_warnings():  # a skipped first step "calls the scheduler first": harmless
                 warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step", UserWarning)
                 self.scheduler.step()  # the schedule is closed-form in the iteration
+            if self.ema is not None and not (nonfinite_loss or nonfinite_grad):
+                self.ema.update(unwrap_model(self.model))
             self.phase = "between"
-        return StepResult({**{k: v.detach() for k, v in losses.items()}, "loss": total.detach()},
-                          grad_norm.detach(), nonfinite_loss, nonfinite_grad, stop)
-    def count_skipped(self, step: StepResult, last_good: tuple[int, dict] | None) -> None:
-        """Count a skipped step; raise NonFiniteLossError when the streak passes the limit (all ranks alike).
-
-        fp16 steps whose gradients overflowed while the loss stayed finite are the GradScaler's normal
-        working (it halves the scale and retries): they are counted in ``skipped_steps`` but not in the
-        streak, which would otherwise stop healthy fp16 runs during their first iterations.
-        """
-        self.num_skipped_steps += 1
-        amp_overflow = self.scaler.is_enabled() and not step.nonfinite_loss
-        if not amp_overflow:
-            self.nonfinite_streak += 1
-        limit = self.cfg.runtime.max_consecutive_nonfinite
-        if is_main_process():
-            logger.warning("iteration %d: non-finite %s, step skipped (%d in a row, %d skipped in all)",
-                           self.iteration, "loss" if step.nonfinite_loss else "gradient", self.nonfinite_streak,
-                           self.num_skipped_steps)
-        if self.nonfinite_streak <= limit:
-            return
-        values = reduce_loss_dict(step.losses)
-        self.trackers.on_log_step(self.iteration, {**values, "skipped_steps": self.num_skipped_steps})
-        kept = self.last_checkpoint if self.last_checkpoint.is_file() else "none written yet"
-        raise divergence_error(self.nonfinite_streak, limit, self.iteration, values,
-                               (last_good[0], reduce_loss_dict(last_good[1])) if last_good else None, kept)
+        return StepResult({**losses, "loss": total}, grad_norm.detach(), nonfinite_loss, nonfinite_grad, stop)
 
     def fit(self) -> dict:
         """Train to ``run_iters``; returns the final evaluation metrics (on the main process).
@@ -321,7 +310,7 @@ class Trainer:
             data_time = time.perf_counter() - tick
             step = self.train_step(images, targets)
             if step.skipped:
-                self.count_skipped(step, last_good)
+                count_skipped_step(self, step, last_good)
             else:
                 self.nonfinite_streak = 0
                 last_good = (self.iteration, step.losses)
@@ -338,13 +327,16 @@ class Trainer:
             if cfg.runtime.eval_interval and self.iteration % cfg.runtime.eval_interval == 0 \
                     and self.iteration < run_iters:
                 self.evaluate()
+                if self.best.should_stop:
+                    return
 
     def finish(self) -> None:
-        """The final checkpoint, then the final evaluation unless a signal came after the last step."""
+        """The final checkpoint, then the final evaluation unless a signal came after the last step or an early
+        stop just evaluated these weights."""
         self.save_checkpoint(keep=bool(self.cfg.runtime.checkpoint_interval))
         if bool(all_reduce_sum(torch.tensor([float(self.stop.requested)])).item()):  # agreed by every process
             self.interrupted()
-        if self.cfg.runtime.eval_at_end:
+        if self.cfg.runtime.eval_at_end and not self.best.should_stop:
             self.evaluate(final=True)
 
     def log_step(self, step: StepResult, meters: MeterGroup, bar: tqdm) -> None:
@@ -366,14 +358,16 @@ class Trainer:
         raise stop
 
     def evaluate(self, final: bool = False) -> dict:
-        """Evaluate on the val set (every process). A mid-run evaluation first brings last.pt up to date, so an
-        error or a kill during it loses no training; a stop signal abandons an evaluation at once."""
+        """Evaluate on the val set (every process), the EMA weights with ``runtime.ema``. A mid-run evaluation first
+        brings last.pt up to date, so an error or a kill during it loses no training; a stop signal abandons an
+        evaluation at once."""
         if not final:
             self.save_checkpoint(keep=False)
         images_wanted, ev = self.trackers.wants_images, self.cfg.evaluation  # rank 0 only
         self.evaluating = "final" if final else "mid-run"
         with self.stop.abandoning():
-            metrics = evaluate_model(self.cfg, unwrap_model(self.model), self.device, progress=self.show_bars,
+            model = self.ema.module if self.ema is not None else unwrap_model(self.model)  # runtime.ema: the average
+            metrics = evaluate_model(self.cfg, model, self.device, progress=self.show_bars,
                                      shard_dir=self.work_dir / "eval_shards",
                                      pr_curves=images_wanted and ev.tensorboard_pr_curves,
                                      keep_images=ev.tensorboard_images if images_wanted else 0)
@@ -388,6 +382,8 @@ class Trainer:
             logger.info("evaluation at iteration %d: %s", self.iteration, metrics_log_line(metrics),
                         extra=FILE_ONLY if final else None)
         self.eval_metrics = metrics
+        if self.best.enabled:
+            record_best(self, metrics)  # best.pt at a new best, best/* to the trackers, early stop
         return metrics
 
 

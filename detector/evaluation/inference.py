@@ -2,8 +2,14 @@
 
 The loader yields ``(images, targets)``: ``images`` (B, 3, H, W) normalised and padded, ``targets`` a list
 of dicts with ``image_id``, ``orig_size`` (h, w) of the original image and ``img_size`` (h, w) after the
-resize and before the padding.  The model in eval mode returns, per image, ``boxes`` (N, 4) xyxy in the
-network-input pixel frame, ``scores`` (N,) and ``labels`` (N,) contiguous 0-based.
+resize and before the padding.  The model in eval mode, ``model(images, image_sizes=[img_size, ...])``, returns
+per image ``boxes`` (N, 4) xyxy in the network-input pixel frame (clipped to ``img_size``), ``scores`` (N,) and
+``labels`` (N,) contiguous 0-based.
+
+Results come out ordered by image id (each image's detections in the model's order), whatever order the
+loader's batches visit the images in: the val loader groups images by padded shape
+(:class:`detector.data.inference_batches.ShapeGroupedBatchSampler`), and the results of a 1-process and an
+N-process run (contiguous shards, gathered in rank order) are then the same list.
 """
 
 from __future__ import annotations
@@ -88,7 +94,7 @@ def run_inference(
     COCO dicts rather than tensors.
 
     Args:
-        model: a detector whose eval-mode forward ``model(images)`` returns per-image dicts
+        model: a detector whose eval-mode forward ``model(images, image_sizes=...)`` returns per-image dicts
             ``boxes`` (N, 4) xyxy in input pixels, ``scores`` (N,), ``labels`` (N,).
         loader: yields ``(images, targets)`` as described in the module docstring.
         device: where the model runs; images are moved there with ``non_blocking=True``.
@@ -98,7 +104,7 @@ def run_inference(
             ``loader.dataset.label_to_cat_id``.
 
     Returns:
-        COCO result dicts for this process's images. In a distributed run, pass them to
+        COCO result dicts for this process's images, ordered by image id. In a distributed run, pass them to
         ``gather_results`` to collect every rank's share on rank 0.
     """
     device = torch.device(device)
@@ -111,7 +117,7 @@ def run_inference(
         total = len(loader)  # type: ignore[arg-type]
     except TypeError:
         total = None
-    results: list[dict] = []
+    results_per_image: list[tuple[int, list[dict]]] = []  # (image id, its COCO results)
     with torch.inference_mode():
         for images, targets in tqdm(loader, total=total, desc="inference", disable=not progress):
             images = images.to(device, non_blocking=True)  # (B, 3, H, W)
@@ -121,7 +127,7 @@ def run_inference(
                 else contextlib.nullcontext()
             )
             with autocast:
-                outputs = model(images)
+                outputs = model(images, image_sizes=[_size_hw(t["img_size"], "img_size") for t in targets])
             if len(outputs) != len(targets):
                 raise ValueError(
                     f"model returned {len(outputs)} outputs for a batch of {len(targets)} images"
@@ -133,9 +139,11 @@ def run_inference(
                 detections.append(
                     {"boxes": pred_boxes, "scores": output["scores"].float(), "labels": output["labels"]}
                 )
-            image_ids = [int(target["image_id"]) for target in targets]
-            results.extend(detections_to_coco_results(detections, image_ids, label_to_cat_id))
-    return results
+            for image_id, detection in zip((int(target["image_id"]) for target in targets), detections):
+                results_per_image.append(
+                    (image_id, detections_to_coco_results([detection], [image_id], label_to_cat_id)))
+    results_per_image.sort(key=lambda item: item[0])  # stable: an id seen twice keeps its loader order
+    return [result for _, image_results in results_per_image for result in image_results]
 
 
 def gather_results(results: list[dict]) -> list[dict]:

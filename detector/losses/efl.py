@@ -20,6 +20,8 @@ gradient-statistics hook.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from functools import partial
 
 import torch
@@ -105,8 +107,8 @@ class EqualizedFocalLoss(nn.Module):
         pos_grad (K,), neg_grad (K,): sum over all training steps (never reset) of |dL/dx| over the positive /
             negative entries of each class, where L is whatever the caller backpropagates (the normalised,
             weighted total loss) and x the logits passed to ``forward``. Start at 0.
-        pos_neg (K,): g = their clamped ratio, recomputed after every update. Starts at 1, so the first step
-            is plain focal loss with (alpha, gamma_b).
+        pos_neg (K,): g = their clamped ratio, recomputed after every update (inside :meth:`holding_ratio`,
+            once on exit). Starts at 1, so the first step is plain focal loss with (alpha, gamma_b).
 
     Gradient collection: each ``forward`` / ``quality_forward`` on logits that require grad (with grad mode
     on) registers a hook on that very tensor, so it receives dL/dlogits of the tensor the caller passed (not
@@ -152,6 +154,7 @@ class EqualizedFocalLoss(nn.Module):
         self.register_buffer("pos_grad", torch.zeros(num_classes, dtype=torch.float32))
         self.register_buffer("neg_grad", torch.zeros(num_classes, dtype=torch.float32))
         self.register_buffer("pos_neg", torch.ones(num_classes, dtype=torch.float32))
+        self._ratio_held = False  # see holding_ratio()
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, gamma_b={self.gamma_b}, scale={self.scale}, alpha={self.alpha}"
@@ -240,7 +243,26 @@ class EqualizedFocalLoss(nn.Module):
         sums = torch.where(torch.isfinite(sums).all(), sums, 0.0)  # no host sync
         self.pos_grad.add_(sums[0])
         self.neg_grad.add_(sums[1])
+        if not self._ratio_held:
+            self._update_ratio()
+
+    @torch.no_grad()
+    def _update_ratio(self) -> None:
         torch.clamp(self.pos_grad / (self.neg_grad + self.eps), 0.0, 1.0, out=self.pos_neg)
+
+    @contextlib.contextmanager
+    def holding_ratio(self) -> Iterator[None]:
+        """Keep g (``pos_neg``) at its value on entry while backward passes inside add to ``pos_grad`` and
+        ``neg_grad``; recompute it from the sums on exit. Gradient accumulation wraps one optimiser step's
+        micro-batches in it, so each of them sees the g of the step's start, as the batch in one piece would, and
+        the sums grow by the whole batch's gradient magnitudes. Re-entrant (only the outermost exit updates)."""
+        held, self._ratio_held = self._ratio_held, True
+        try:
+            yield
+        finally:
+            self._ratio_held = held
+            if not held:
+                self._update_ratio()
 
 
 class EqualizedQualityFocalLoss(nn.Module):

@@ -68,23 +68,28 @@ class AnchorGenerator(nn.Module):
             return [(stride, stride) for stride in self.strides]
         if image_size is None:
             raise ValueError("AnchorGenerator(strides_from_input=True) needs the input image size")
-        return [(int(image_size[0]) // height, int(image_size[1]) // width) for height, width in feature_sizes]
+        return [(image_size[0] // height, image_size[1] // width) for height, width in feature_sizes]
 
     def grid_anchors(self, feature_sizes: list[tuple[int, int]], device: torch.device,
                      dtype: torch.dtype = torch.float32, image_size: tuple[int, int] | None = None) -> list[Tensor]:
         """Anchors per level, each (H_l * W_l * A, 4) xyxy in input pixels."""
         steps = self.level_steps(feature_sizes, image_size)
+        if torch.jit.is_tracing():  # an exported graph derives the anchors from its input's shape, no constants
+            return self._levels(feature_sizes, steps, device, dtype)
         key = (tuple(feature_sizes), tuple(steps), device, dtype)
         if key not in self._cache:
-            levels = []
-            for (height, width), (step_y, step_x), cell in zip(feature_sizes, steps, self.cell_anchors):
-                shift_x = (torch.arange(width, dtype=torch.float32, device=device) + self.offset) * step_x
-                shift_y = (torch.arange(height, dtype=torch.float32, device=device) + self.offset) * step_y
-                yy, xx = torch.meshgrid(shift_y, shift_x, indexing="ij")
-                shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)  # (HW, 1, 4)
-                levels.append((shifts + cell.to(device)[None]).reshape(-1, 4).to(dtype))  # (HWA, 4)
-            self._cache = {key: levels}  # one entry: input sizes change rarely within a run
+            self._cache = {key: self._levels(feature_sizes, steps, device, dtype)}  # one entry: sizes change rarely
         return self._cache[key]
+
+    def _levels(self, feature_sizes, steps, device: torch.device, dtype: torch.dtype) -> list[Tensor]:
+        levels = []
+        for (height, width), (step_y, step_x), cell in zip(feature_sizes, steps, self.cell_anchors):
+            shift_x = (torch.arange(width, dtype=torch.float32, device=device) + self.offset) * step_x
+            shift_y = (torch.arange(height, dtype=torch.float32, device=device) + self.offset) * step_y
+            yy, xx = torch.meshgrid(shift_y, shift_x, indexing="ij")
+            shifts = torch.stack([xx, yy, xx, yy], dim=-1).reshape(-1, 1, 4)  # (HW, 1, 4)
+            levels.append((shifts + cell.to(device)[None]).reshape(-1, 4).to(dtype))  # (HWA, 4)
+        return levels
 
     def forward(self, features: list[Tensor],
                 image_size: tuple[int, int] | None = None) -> tuple[Tensor, list[int]]:
@@ -93,7 +98,7 @@ class AnchorGenerator(nn.Module):
         ``image_size`` (H_in, W_in), the padded network input, is needed with ``strides_from_input``."""
         sizes = [(f.shape[-2], f.shape[-1]) for f in features]
         levels = self.grid_anchors(sizes, features[0].device, image_size=image_size)
-        return torch.cat(levels), [len(a) for a in levels]
+        return torch.cat(levels), [a.shape[0] for a in levels]
 
 
 def level_strides(min_level: int = 3, max_level: int = 7) -> list[int]:

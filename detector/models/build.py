@@ -73,7 +73,8 @@ def _tower(m: ModelConfig, in_channels: int) -> TowerSpec:
 def _inference(m: ModelConfig) -> InferenceParams:
     t = m.test
     return InferenceParams(score_thr=t.score_thr, topk_per_level=t.topk_per_level, nms_iou=t.nms_iou,
-                           max_dets=t.max_dets)
+                           max_dets=t.max_dets, score_thr_on=t.score_thr_on, quality_fusion=t.quality_fusion,
+                           topk_capped_at_anchors=t.topk_capped_at_anchors)
 
 
 def _anchor_head(m: ModelConfig, in_channels: int, num_anchors: int, num_levels: int) -> AnchorHead:
@@ -82,7 +83,8 @@ def _anchor_head(m: ModelConfig, in_channels: int, num_anchors: int, num_levels:
         assigner=ASSIGNERS[m.assigner.type](m.assigner),
         box_coder=DeltaBoxCoder(weights=tuple(m.box_coder.weights), clamp=m.box_coder.clamp),
         cls_loss=build_cls_loss(m), box_loss=build_box_loss(m), prior_prob=m.head.prior_prob,
-        quality_branch=m.head.quality_branch, scale_per_level=m.head.scale_per_level,
+        quality_branch=m.head.quality_branch, box_weighting=m.loss_box.weighting,
+        scale_per_level=m.head.scale_per_level,
         loss_weights=LossWeights(cls=m.loss_cls.weight, box=m.loss_box.weight, quality=m.head.quality_loss_weight),
         inference=_inference(m))
 
@@ -99,6 +101,9 @@ def _gfl_head(m: ModelConfig, in_channels: int, strides: list[int]) -> GFLHead:
 def build_model(cfg: Config | ModelConfig) -> nn.Module:
     """Build the detector a config describes (accepts the whole Config or its ``model`` section)."""
     m = cfg.model if isinstance(cfg, Config) else cfg
+    if not isinstance(m.num_classes, int):  # "auto" left unresolved: a config built in code, not loaded
+        raise ValueError("model.num_classes is 'auto': load the config with detector.config.load_config (or "
+                         "config_from_dict), which reads the class count from data.train.ann_file, before building")
     backbone = ResNetBackbone(depth=m.backbone.depth, weights=m.backbone.weights, norm=m.backbone.norm,
                               frozen_stages=m.backbone.frozen_stages)
     neck = FPN(backbone.out_channels, out_channels=m.neck.out_channels, p6_from=m.neck.p6_from, norm=m.neck.norm,

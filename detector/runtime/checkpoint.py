@@ -47,8 +47,9 @@ __all__ = [
 ]
 
 _TMP_SUFFIX = ".tmp"
-# Temporary files of _atomic_write / CheckpointManager._update_last: .<target>.<host>.<pid>.<random>.tmp
-_OWNED_TMP_PATTERN = re.compile(r"^\.(?:last\.pt|iter_\d+\.pt)\.(?P<host>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
+# Temporary files of _atomic_write / CheckpointManager._update_last: .<target>.<host>.<pid>.<random>.tmp (targets:
+# last.pt, best.pt, iter_*.pt)
+_OWNED_TMP_PATTERN = re.compile(r"^\.(?:last\.pt|best\.pt|iter_\d+\.pt)\.(?P<host>.+)\.(?P<pid>\d+)\.[^.]+\.tmp$")
 _PLAIN_TYPES = (str, bytes, int, float, complex, bool, type(None))
 # torch.save writes a zip archive (since PyTorch 1.6); older checkpoints are a raw pickle (protocol >= 2).
 _ZIP_MAGIC = b"PK\x03\x04"

@@ -12,6 +12,7 @@ current CUDA device and the result moved back), CPU tensors for gloo.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -106,8 +107,12 @@ def init_distributed(
 
 
 def destroy_distributed() -> None:
-    """Tear down the process group if one exists (safe to call when not distributed)."""
+    """Tear down the process group if one exists (safe to call when not distributed).
+
+    Collects garbage first: a DistributedDataParallel model left in a reference cycle keeps the group alive,
+    and freeing it only while the interpreter shuts down can abort the process (gloo's threads outlive it)."""
     if is_distributed():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -211,7 +211,7 @@ class WorkDirLock:
 
 
 def existing_checkpoints(work_dir: str | os.PathLike) -> list[str]:
-    """Names of the checkpoints in ``<work_dir>/checkpoints`` (last.pt, iter_*.pt), sorted."""
+    """Names of the checkpoints in ``<work_dir>/checkpoints`` (last.pt, iter_*.pt, best.pt), sorted."""
     folder = Path(work_dir) / "checkpoints"
     if not folder.is_dir():
         return []

@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from detector.data.collate import DetectionCollator
+from detector.data.inference_batches import padded_shape, shape_grouped_batches
 from detector.data.detection_dataset import BadImageError, DetectionDataset
 from detector.evaluation import run_inference
 from detector.visualization.draw import draw_gt_and_detections
@@ -84,10 +85,19 @@ def detections_by_image(results: list[dict] | Mapping[str, np.ndarray], cat_id_t
 
 def predict_images(model: nn.Module, dataset: DetectionDataset, indices: Sequence[int], device: torch.device,
                    batch_size: int = 1, size_divisor: int = 32, amp_dtype: torch.dtype | None = None,
-                   progress: bool = False) -> list[dict]:
+                   progress: bool = False, test_size: tuple[int, int] | None = None) -> list[dict]:
     """Run ``model`` on the images ``indices`` of ``dataset`` (with its val transforms) and return COCO
-    results in original image pixels, exactly as the evaluation's :func:`run_inference` makes them."""
-    loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False, num_workers=0,
+    results in original image pixels, exactly as the evaluation's :func:`run_inference` makes them: with
+    ``test_size`` (the transforms' (min_size, max_size)) in batches of one padded shape, as the val loader."""
+    indices = list(indices)
+    if test_size is None:
+        batches = [list(range(start, min(start + batch_size, len(indices))))
+                   for start in range(0, len(indices), batch_size)]
+    else:
+        sizes = dataset.image_sizes()
+        shapes = [padded_shape(*sizes[index], *test_size, size_divisor) for index in indices]
+        batches = shape_grouped_batches(shapes, range(len(indices)), batch_size)
+    loader = DataLoader(Subset(dataset, indices), batch_sampler=batches, num_workers=0,
                         collate_fn=DetectionCollator(size_divisor))
     return run_inference(model, loader, device, amp_dtype=amp_dtype, progress=progress,
                          label_to_cat_id=dataset.label_to_cat_id)

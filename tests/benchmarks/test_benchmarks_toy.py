@@ -15,6 +15,7 @@ from benchmarks import run_all  # noqa: E402
 from benchmarks.assign_loss import run as assign_loss_run  # noqa: E402
 from benchmarks.common import make_inputs, time_rotating  # noqa: E402
 from benchmarks.data_loading import run as data_loading_run  # noqa: E402
+from benchmarks.predict import run_memory  # noqa: E402
 from benchmarks.speed_features import run_model  # noqa: E402
 
 
@@ -37,6 +38,7 @@ def test_run_all_toy(tmp_path, capsys):
         "data": dict(images=4, size=64, workers=(0,), max_batches=1, step_images_per_s=0.5,
                      work_dir=str(tmp_path / "data")),
         "features": dict(models=((18, 64),), repeats=1),
+        "predict": dict(num_images=2, low=64, high=96, min_size=64, max_size=96, batch=2, repeats=1, warmup=0),
     }
     rows = run_all.run(quick=True, device="cpu", toy=toy)
     out = capsys.readouterr().out
@@ -49,6 +51,7 @@ def test_run_all_toy(tmp_path, capsys):
     assert any(s.startswith("LVIS eval") for s in stages)
     assert any(s.startswith("training loader") for s in stages)
     assert any(s.startswith("speed feature fused_optimizer") for s in stages)
+    assert any(s.startswith("Detector.predict") for s in stages)
     if importlib.util.find_spec("benchmarks.coco_eval") is not None:
         assert any(s.startswith("COCO eval") for s in stages)
     lvis_row = next(r for r in rows if r[0].startswith("LVIS eval"))
@@ -90,3 +93,21 @@ def test_time_rotating_rotates_the_order():
     images, targets = make_inputs(2, 32, 3, 5)
     assert images.shape == (2, 3, 32, 32) and all(t["boxes"].shape == (3, 4) for t in targets)
     assert all(bool((t["boxes"][:, 2:] > t["boxes"][:, :2]).all()) for t in targets)
+
+
+def test_predict_memory_samples_every_few_images_of_the_stream():
+    """6 image files streamed at score threshold 0: memory sampled before images 0, 2, 4 and after the last, and
+    every image written with the quick start's 100 detections (its model.test.max_dets)."""
+    res = run_memory(num_images=6, low=32, high=48, batch=4, workers=0, every=2, verbose=False)
+    assert [count for count, _ in res["samples"]] == [0, 2, 4, 6]
+    assert all(mb > 0 for _, mb in res["samples"]) and res["peak"] >= max(mb for _, mb in res["samples"])
+    assert (res["summary"].num_images, res["summary"].num_failed, res["summary"].num_detections) == (6, 0, 600)
+
+def test_export_speed_runs_the_quickstart_model_both_ways(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from benchmarks.export_speed import run_model as export_speed_run
+
+    row = export_speed_run("quickstart", repeats=1, one_thread=True, work_dir=tmp_path)
+    name, size, detections, eager_ms, onnx_ms, ratio = row
+    assert (name, size, detections) == ("quickstart", "160x160", 100)  # every level's top-k full: max_dets kept
+    assert float(eager_ms) > 0 and float(onnx_ms) > 0 and ratio.endswith("x")

@@ -51,9 +51,5 @@ def write_text(path: Path, text: str) -> Path:
 
 @pytest.fixture(scope="session")
 def convert_tool():
-    """tools/convert_dataset.py as a module, to call its main(argv) in-process."""
-    spec = importlib.util.spec_from_file_location("focaldet_tool_convert_dataset",
-                                                  ROOT / "tools" / "convert_dataset.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The command behind tools/convert_dataset.py and ``focaldet convert``, to call its main(argv) in-process."""
+    return importlib.import_module("detector.cli.convert")

@@ -74,6 +74,30 @@ def test_train_multiscale_draws_every_size_and_is_seeded():
     assert flipped == {True, False}
 
 
+def test_train_range_sampling_draws_every_integer_between_min_and_max():
+    """mmdetection's multiscale_mode 'range': the shorter side uniform over the integers min..max (both ends
+    included), not only the listed sizes; evaluation still uses the last size."""
+    image, target = make_sample(20, 30)
+    transform = build_transforms(train=True, min_size=[20, 24], max_size=1000, flip_prob=0.0,
+                                 min_size_sampling="range")
+    torch.manual_seed(0)
+    drawn = [transform(image, target)[1]["img_size"] for _ in range(200)]
+    assert {h for h, _ in drawn} == {20, 21, 22, 23, 24}
+    assert all(w == round(h * 1.5) for h, w in drawn)  # aspect kept
+    evaluation = build_transforms(train=False, min_size=[20, 24], max_size=1000, min_size_sampling="range")
+    assert evaluation(image, target)[1]["img_size"] == (24, 36)
+    with pytest.raises(ValueError, match="sampling"):
+        build_transforms(train=True, min_size=[20, 24], max_size=1000, min_size_sampling="uniform")
+
+
+def test_gfl_multiscale_configs_draw_480_to_800():
+    from detector.config import load_config
+    for name in ("gfl_r50_fpn_ms_2x_coco.yaml", "gfl_r101_fpn_ms_2x_coco.yaml"):  # implus/GFocal, mmdetection v2
+        data = load_config(f"configs/gfl/{name}").data
+        assert (min(data.min_size), max(data.min_size), data.min_size_sampling, data.max_size) == (480, 800, "range",
+                                                                                                   1333)
+
+
 def test_flip_mirrors_boxes_and_pixels():
     height, width = 16, 24
     image, target = make_sample(height, width, boxes=((2.0, 3.0, 10.0, 12.0), (20.0, 0.0, 24.0, 16.0)))

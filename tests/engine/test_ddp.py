@@ -19,6 +19,7 @@ writes its results; the tests compare them with the same work done by this singl
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.util
 import io
 import json
@@ -27,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import weakref
 from pathlib import Path
 
 import pytest
@@ -224,6 +226,20 @@ def test_bad_input_met_by_rank_0_is_reported_once_and_rank_1_exits_quietly(two_p
 def test_syncbn_on_cpu_processes_is_a_clear_error(two_processes):
     for rank in range(WORLD_SIZE):
         assert "model.backbone.norm=syncbn needs CUDA" in (two_processes / f"syncbn_{rank}.txt").read_text()
+
+
+def test_a_finished_trainer_is_freed_without_a_garbage_collection(data_root, tmp_path):
+    # A trainer in a reference cycle keeps its DistributedDataParallel model, and with it the process group, alive
+    # until a collection that may come only at interpreter shutdown, where freeing gloo's group aborted a rank.
+    trainer = Trainer(load_config(CONFIG, tiny_opts(data_root, "schedule.max_iters=1")), tmp_path, progress=False)
+    trainer.fit()
+    alive, model = weakref.ref(trainer), weakref.ref(trainer.model)
+    gc.disable()
+    try:
+        del trainer
+        assert alive() is None and model() is None
+    finally:
+        gc.enable()
 
 
 def test_torchrun_quickstart_on_the_cpu(data_root, tmp_path):

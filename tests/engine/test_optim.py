@@ -169,8 +169,8 @@ def test_changed_parameter_grouping_names_both_sides_groups():
     assert str(info.value) == (
         "checkpoint run/last.pt: the optimizer's parameter groups differ from this run's: saved decay (11 "
         "parameters); this run decay (3 parameters), no_decay (8 parameters). Settings that decide them "
-        "(schedule.no_decay_norm_bias, model.backbone.frozen_stages, model.backbone.norm) must stay as they were "
-        "to resume")
+        "(schedule.no_decay_norm_bias, schedule.backbone_lr_mult, model.backbone.frozen_stages, "
+        "model.backbone.norm) must stay as they were to resume")
     assert isinstance(info.value, CheckpointError)
     assert all(not state for state in optimizer.state.values())  # nothing was loaded
 

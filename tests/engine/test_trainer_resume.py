@@ -28,6 +28,7 @@ from detector.runtime.checkpoint import CheckpointError, load_checkpoint
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "quickstart.yaml"
 N = 3  # iterations before the interruption; the full run is 2N, across an epoch boundary (4 per epoch)
+EMA = ("runtime.ema.decay=0.9", "runtime.ema.warmup=2")  # the exact-resume runs average their weights too
 
 
 def tiny_opts(root: Path, *extra: str) -> list[str]:
@@ -75,6 +76,12 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert a["scheduler"] == b["scheduler"]
     assert torch.equal(a["rng"][0]["torch"], b["rng"][0]["torch"])
     assert a["rng"][0]["python"] == b["rng"][0]["python"] and a["rng"][0]["numpy"] == b["rng"][0]["numpy"]
+    assert ("ema" in a) == ("ema" in b)
+    if "ema" in a:  # runtime.ema: the average and its update count
+        assert a["ema"]["updates"] == b["ema"]["updates"] == a["iteration"]
+        assert a["ema"]["model"].keys() == a["model"].keys() == b["ema"]["model"].keys()
+        for key, value in a["ema"]["model"].items():
+            assert torch.equal(value, b["ema"]["model"][key]), key
 
 
 # ------------------------------------------------------------------------------- seeded samples (unit)
@@ -134,7 +141,7 @@ def test_seeded_dataset_is_independent_of_workers_and_leaves_the_caller_rng_alon
 @pytest.fixture(scope="module")
 def uninterrupted(data_root, tmp_path_factory) -> dict:
     work_dir = tmp_path_factory.mktemp("uninterrupted")
-    trainer = make_trainer(data_root, work_dir, f"schedule.max_iters={2 * N}")
+    trainer = make_trainer(data_root, work_dir, f"schedule.max_iters={2 * N}", *EMA)
     trainer.fit()
     assert trainer.iteration == 2 * N
     return load_checkpoint(work_dir / "checkpoints" / "last.pt")
@@ -142,17 +149,17 @@ def uninterrupted(data_root, tmp_path_factory) -> dict:
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_train_n_then_resume_n_equals_2n_uninterrupted(uninterrupted, data_root, tmp_path, workers):
-    """Bit for bit, parameters, buffers (EFL statistics), momentum and RNG states; the reference used 0
-    workers, so with 2 workers this also shows that results do not depend on the number of workers."""
-    first = make_trainer(data_root, tmp_path, f"schedule.max_iters={N}", f"data.num_workers={workers}")
+    """Bit for bit, parameters, buffers (EFL statistics), momentum, RNG states and the EMA weights; the reference
+    used 0 workers, so with 2 workers this also shows that results do not depend on the number of workers."""
+    first = make_trainer(data_root, tmp_path, f"schedule.max_iters={N}", f"data.num_workers={workers}", *EMA)
     first.fit()
     head = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert head["iteration"] == N and (head["epoch"], head["batch_in_epoch"]) == (0, N)
     assert not any(torch.equal(v, uninterrupted["model"][k]) for k, v in head["model"].items()
                    if k.endswith("pos_grad"))  # EFL statistics keep moving after iteration N
     second = make_trainer(data_root, tmp_path, f"schedule.max_iters={2 * N}", f"data.num_workers={workers}",
-                          resume=True)
-    assert second.iteration == N
+                          *EMA, resume=True)
+    assert second.iteration == N and second.ema.updates == N
     second.fit()
     assert_same_state(load_checkpoint(tmp_path / "checkpoints" / "last.pt"), uninterrupted)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -174,9 +181,7 @@ def test_resume_forms(data_root, tmp_path):
     assert resolve(cfg, False) is None  # auto_resume is off by default
     assert resolve(cfg, str(last)) == last
 
-    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "tools" / "train.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = importlib.import_module("detector.cli.train")  # behind tools/train.py and `focaldet train`
     assert cli.parse_args(["c.yaml"]).resume is None
     assert cli.parse_args(["c.yaml", "--resume"]).resume == "auto"
     assert cli.parse_args(["c.yaml", "--resume", "--opts", "a=1"]).resume == "auto"
@@ -233,9 +238,7 @@ def test_cli_stops_a_diverged_run_with_a_one_line_error(data_root, tmp_path, mon
         return {key: value * float("nan") for key, value in losses.items()} if self.training else losses
 
     monkeypatch.setattr(DenseDetector, "forward", always_nan)
-    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "tools" / "train.py")
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    cli = importlib.import_module("detector.cli.train")  # behind tools/train.py and `focaldet train`
     code = cli.main([str(CONFIG), "--work-dir", str(tmp_path), "--no-progress", "--opts",
                      *tiny_opts(data_root, "schedule.max_iters=5", "runtime.max_consecutive_nonfinite=1")])
     assert code == 1

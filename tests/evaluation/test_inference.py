@@ -58,8 +58,10 @@ class _FakeDetector(nn.Module):
         self.outputs = outputs
         self.weight = nn.Parameter(torch.ones(1))
         self.seen_modes: list[tuple[bool, bool, bool]] = []
+        self.seen_image_sizes: list = []
 
-    def forward(self, images: torch.Tensor) -> list[dict]:
+    def forward(self, images: torch.Tensor, image_sizes=None) -> list[dict]:
+        self.seen_image_sizes.append(image_sizes)
         self.seen_modes.append(
             (self.training, torch.is_inference_mode_enabled(), torch.is_autocast_enabled("cpu"))
         )
@@ -108,6 +110,7 @@ def test_run_inference_rescales_and_maps_categories():
         {"image_id": 30, "category_id": 9, "bbox": [1.0, 2.0, 2.0, 2.0], "score": 0.25},
     ]
     assert model.seen_modes == [(False, True, False)] * 2  # eval mode, inference mode, no autocast
+    assert model.seen_image_sizes == [[(50, 100), (64, 64)], [(8, 8)]]  # each image's own size, for the clipping
     assert not model.training
 
 
@@ -200,3 +203,19 @@ def test_gather_results_two_gloo_ranks(tmp_path):
     assert gathered == [{"image_id": 0}, {"image_id": 10}, {"image_id": 11}]
     assert json.loads(stdout.strip().splitlines()[-1]) == []
     assert not dist.is_initialized()
+
+
+def test_run_inference_orders_results_by_image_id_whatever_the_batches():
+    """A shape-grouped loader visits images out of id order; the results come back ordered by image id (each
+    image's detections in the model's order), so the result list does not depend on the batching."""
+    one = {"boxes": torch.tensor([[1.0, 1.0, 3.0, 3.0]]), "scores": torch.tensor([0.5]), "labels": torch.tensor([0])}
+    two = {"boxes": torch.tensor([[2.0, 2.0, 4.0, 6.0], [0.0, 0.0, 1.0, 1.0]]), "scores": torch.tensor([0.9, 0.1]),
+           "labels": torch.tensor([1, 2])}
+    model = _FakeDetector([one, two])
+    same = ((8, 8), (8, 8))
+    shuffled = _Loader([_batch([0], [(*same, 30)]), _batch([1, 0], [(*same, 10), (*same, 20)])])
+    in_order = _Loader([_batch([1, 0], [(*same, 10), (*same, 20)]), _batch([0], [(*same, 30)])])
+    results = run_inference(model, shuffled, "cpu", progress=False)
+    assert [(r["image_id"], r["score"]) for r in results] == \
+        [(10, pytest.approx(0.9)), (10, pytest.approx(0.1)), (20, 0.5), (30, 0.5)]
+    assert results == run_inference(model, in_order, "cpu", progress=False)

@@ -83,15 +83,20 @@ EFL_DERIVED = {"configs/efl/efl_r50_fpn_2x_lvis_rfs.yaml", "configs/efl/efl_r101
                "configs/reproduce/efl/efl.yaml", "configs/reproduce/efl/fl.yaml"}
 
 
-def test_only_the_efl_configs_use_the_official_efl_neck():
+def test_each_config_uses_the_neck_of_the_recipe_it_follows():
+    """EFL: P6 from C5's lateral, no ReLU before P7 (United-Perception's FPN); ATSS and GFL: P6 from P5, no ReLU
+    before P7 (mmdetection's FPN, relu_before_extra_convs=False, and implus/GFocal); RetinaNet: P7 = conv(relu(P6))
+    (Detectron)."""
     paths = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "_base_" not in p.parts)
     seen = set()
     for path in paths:
-        neck = load_config(path).model.neck
-        name = str(path.relative_to(ROOT))
+        model = load_config(path).model
+        neck, name = model.neck, str(path.relative_to(ROOT))
         if name in EFL_DERIVED:
             seen.add(name)
             assert (neck.p6_from, neck.relu_before_p7) == ("lateral_p5", False), name
+        elif model.type in ("atss", "gfl"):
+            assert (neck.p6_from, neck.relu_before_p7) == ("p5", False), name
         else:
             assert neck.p6_from in ("c5", "p5") and neck.relu_before_p7, name
     assert seen == EFL_DERIVED

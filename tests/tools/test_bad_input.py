@@ -44,10 +44,8 @@ def run(*args) -> subprocess.CompletedProcess:
 
 
 def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"focaldet_tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The command behind tools/<name>.py (and ``focaldet <name>``), detector/cli/<name>.py."""
+    return importlib.import_module(f"detector.cli.{name}")
 
 
 def assert_clean_error(stderr: str, code: int, expected_code: int, *names) -> str:
@@ -85,7 +83,8 @@ def eval_tool():
 @pytest.fixture
 def eval_main(eval_tool, monkeypatch, capsys):
     """tools/eval.py's main(argv) in this process -> (exit code, stderr)."""
-    monkeypatch.setattr(eval_tool, "start_logging", lambda rank=0: None)  # keep pytest's logging as it is
+    # keep pytest's logging as it is (main imports start_logging from detector.cli.common when it runs)
+    monkeypatch.setattr("detector.cli.common.start_logging", lambda rank=0: None)
 
     def call(*argv):
         code = eval_tool.main([str(a) for a in argv])

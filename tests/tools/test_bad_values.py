@@ -68,7 +68,8 @@ def tool_main(monkeypatch, capsys):
     def call(name, *argv):
         if name not in modules:
             modules[name] = load_tool(name)
-            monkeypatch.setattr(modules[name], "start_logging", lambda rank=0: None)
+            # main imports start_logging from detector.cli.common when it runs: keep pytest's logging as it is
+            monkeypatch.setattr("detector.cli.common.start_logging", lambda rank=0: None)
         code = modules[name].main([str(a) for a in argv])
         return code, capsys.readouterr().err
 
@@ -110,10 +111,16 @@ def test_eval_non_finite_and_out_of_range_values_name_key_and_range(data, tool_m
 
 
 def test_eval_binary_config_file_is_named(data, tmp_path):
-    config = tmp_path / "model.pt"
+    """A binary file named as a config is not YAML (exit 2); named as anything else it is read as a checkpoint
+    (tools/eval.py CHECKPOINT --results), which it is not either (exit 1)."""
+    config = tmp_path / "model.yaml"
     config.write_bytes(b"PK\x03\x04" + bytes(range(128, 256)))
     proc = run("tools/eval.py", config, "--results", data["results"])
     one_error_line(proc.stderr, proc.returncode, 2, config, "not a YAML config (not UTF-8 text")
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(config.read_bytes())
+    proc = run("tools/eval.py", checkpoint, "--results", data["results"])
+    one_error_line(proc.stderr, proc.returncode, 1, checkpoint, "could not load checkpoint")
 
 
 def test_exponent_floats_in_a_file_and_in_opts_are_floats(data, tmp_path):

@@ -97,3 +97,13 @@ def test_val_split_and_bad_input(setup, capsys):
     assert setup["tool"].main([str(CONFIG), "--out-dir", str(out), "--opts", *setup["opts"],
                                f"data.train.ann_file={missing}"]) == 1
     assert f"error: annotation file not found: {missing}" in capsys.readouterr().err
+
+
+def test_augmentation_is_what_it_draws(setup):
+    """data.augment shows: large-scale jitter to 72 x 88 gives every drawn training image that size."""
+    out = setup["tmp"] / "jitter"
+    assert setup["tool"].main([str(CONFIG), "--out-dir", str(out), "--max-images", "4", "--opts", *setup["opts"],
+                               "data.augment.scale_jitter.prob=1", "data.augment.scale_jitter.size=[72,88]",
+                               "data.augment.photometric.prob=1"]) == 0
+    names = sorted(path.name for path in out.glob("*.png"))
+    assert len(names) == 4 and all(name.endswith("_88x72.png") for name in names), names

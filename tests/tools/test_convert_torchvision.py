@@ -185,3 +185,35 @@ def test_legacy_key_names_are_upgraded():
 def test_coco_category_ids_match_torchvision_metadata():
     categories = RetinaNet_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
     assert list(COCO_CATEGORY_IDS) == [i for i, name in enumerate(categories) if name not in ("__background__", "N/A")]
+
+
+def test_class_names_survive_conversion(torchvision_models, images, tmp_path):
+    """The converted checkpoint carries torchvision's COCO names and category ids: Detector.from_checkpoint needs
+    no config, and names each detection as torchvision's weights.meta["categories"] names its label."""
+    from detector import Detector
+    from detector.conversion.torchvision_retinanet import convert_torchvision
+
+    tv_model = copy.deepcopy(torchvision_models["v1"])
+    unused = [i for i in range(91) if i not in COCO_CATEGORY_IDS]  # never detected by the published weights
+    with torch.no_grad():
+        tv_model.head.classification_head.cls_logits.weight.view(9, 91, -1)[:, unused] = 0.0
+        tv_model.head.classification_head.cls_logits.bias.view(9, 91)[:, unused] = -10.0
+    source = tmp_path / "tv.pth"
+    torch.save(tv_model.state_dict(), source)
+    out, _, _ = convert_torchvision(str(source), tmp_path / "model.pt")
+    meta = load_checkpoint(out)["meta"]
+    categories = RetinaNet_ResNet50_FPN_Weights.COCO_V1.meta["categories"]
+    assert meta["category_ids"] == list(COCO_CATEGORY_IDS) and meta["model_type"] == "retinanet"
+    assert meta["class_names"][:3] == ["person", "bicycle", "car"] and meta["class_names"][-1] == "toothbrush"
+    assert meta["class_names"] == [categories[i] for i in COCO_CATEGORY_IDS]
+
+    det = Detector.from_checkpoint(out, device="cpu", overrides=[f"data.test_min_size={HEIGHT}",
+                                                                  f"data.test_max_size={WIDTH}"])
+    with torch.no_grad():
+        expected = tv_model(list(images))
+    for e, got in zip(expected, det.predict(list(images))):
+        e = {key: value[:100] for key, value in e.items()}  # the best 100 of torchvision's 300
+        assert got.class_names == [categories[label] for label in e["labels"].tolist()]
+        assert got.category_ids == e["labels"].tolist()  # torchvision's labels are COCO category ids
+        assert_same_detections(e, {"boxes": got.boxes, "scores": got.scores,
+                                   "labels": torch.tensor(got.category_ids)})

@@ -228,3 +228,48 @@ def test_eval_out_that_cannot_be_written_fails_before_inference(data, tmp_path, 
     code, stderr = tool_main("eval", CONFIG, data["checkpoint"], "--out", out, "--no-progress", "--opts",
                              *data["opts"])
     one_error_line(stderr, code, 1, f"--out {out} cannot be written: Not a directory")
+
+
+def fixed_ap_evaluation(*args, **kwargs):
+    return {"AP": 0.5}
+
+
+def test_an_error_after_a_best_evaluation_keeps_ema_and_best_tracker_in_last_pt(data, tmp_path, tool_main,
+                                                                                monkeypatch, three_steps):
+    def fail():
+        raise RuntimeError("simulated failure inside step 4")
+
+    monkeypatch.setattr(trainer_module, "evaluate_model", fixed_ap_evaluation)
+    in_training_forward(monkeypatch, 4, fail)
+    with pytest.raises(RuntimeError, match="simulated failure inside step 4"):
+        train(tool_main, data, tmp_path / "run", "schedule.max_iters=6", "runtime.eval_interval=2",
+              "evaluation.save_best=AP", "runtime.ema.decay=0.5", "runtime.ema.warmup=0")
+    folder = tmp_path / "run" / "checkpoints"
+    state = load_checkpoint(folder / "last.pt")
+    assert_same_training_state(state, three_steps)  # EMA and the tracker do not change the training itself
+    assert state["ema"]["updates"] == 3  # one update per finished step, none for the failed one
+    assert state["best"] == {"metric": "AP", "best_value": 0.5, "best_iteration": 2, "num_bad_evaluations": 0}
+    best = load_checkpoint(folder / "best.pt")
+    assert best["iteration"] == 2 and best["ema"]["updates"] == 2 and best["best"]["best_iteration"] == 2
+
+
+def test_a_full_disk_at_best_pt_is_one_line_like_at_last_pt(data, tmp_path, tool_main, monkeypatch):
+    real_save = checkpoint_module.torch.save
+
+    def save_with_best_pt_failing(obj, file, *args, **kwargs):
+        if os.path.basename(os.readlink(f"/proc/self/fd/{file.fileno()}")).startswith(".best.pt."):  # its temp file
+            file.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, file, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "evaluate_model", fixed_ap_evaluation)
+    monkeypatch.setattr(checkpoint_module.torch, "save", save_with_best_pt_failing)
+    code, stderr = train(tool_main, data, tmp_path / "run", "schedule.max_iters=4", "runtime.eval_interval=2",
+                         "evaluation.save_best=AP")
+    folder = tmp_path / "run" / "checkpoints"
+    one_error_line(stderr, code, 1, f"cannot write checkpoint {folder / 'best.pt'}: No space left on device "
+                                    f"(errno 28, ENOSPC); checkpoint {folder / 'last.pt'} holds iteration 2")
+    monkeypatch.setattr(checkpoint_module.torch, "save", real_save)
+    state = load_checkpoint(folder / "last.pt")  # written before the evaluation: it records no best.pt
+    assert state["iteration"] == 2 and state["best"]["best_iteration"] is None
+    assert sorted(os.listdir(folder)) == ["last.pt"]  # the partial best.pt removed

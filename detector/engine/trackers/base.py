@@ -5,6 +5,8 @@ The trainer (main process only) calls, in this order::
     on_train_start(config, iteration)      the resolved config (plain data) and the first iteration (> 0: resumed)
     on_log_step(iteration, scalars)        every runtime.log_interval iterations: losses, lr, grad_norm, times
     on_evaluation(iteration, metrics, images, pr_curves)   after each evaluation (metrics: AP, AP50, ... floats)
+    on_best(iteration, values)             with evaluation.save_best, after each evaluation: the best so far,
+                                           already named ({"best/AP": 0.41, "best/iter": 2000})
     on_checkpoint(iteration, path)         after a checkpoint file was written
     on_train_end(iteration, metrics)       the run finished (metrics: the final evaluation's result, or empty)
   or on_train_failure(iteration, error)    the run stopped: a signal (TrainingInterrupted), divergence, an error
@@ -63,6 +65,9 @@ class Tracker:
                       pr_curves: Mapping[str, Sequence[float] | None]) -> None:
         pass
 
+    def on_best(self, iteration: int, values: Mapping[str, float]) -> None:
+        pass
+
     def on_checkpoint(self, iteration: int, path: Path) -> None:
         pass
 
@@ -103,6 +108,10 @@ class TrackerList(Tracker):
     def on_evaluation(self, iteration, metrics, images, pr_curves):
         for tracker in self.trackers:
             tracker.on_evaluation(iteration, metrics, images, pr_curves)
+
+    def on_best(self, iteration, values):
+        for tracker in self.trackers:
+            tracker.on_best(iteration, values)
 
     def on_checkpoint(self, iteration, path):
         for tracker in self.trackers:

@@ -2,7 +2,8 @@
 
 Both write through :class:`detector.runtime.metrics_log.MetricsLogger` (one file kind each), so their files are
 those the trainer always wrote: ``{"iter": 20, "train/loss": ..., ...}`` per log step, ``{"iter": N, "val/AP":
-...}`` per evaluation; TensorBoard scalars under the same names, plus detections images and PR curves.
+...}`` per evaluation and, with ``evaluation.save_best``, ``{"iter": N, "best/AP": ..., "best/iter": M}`` after
+it; TensorBoard scalars under the same names, plus detections images and PR curves.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ class TensorBoardTracker(Tracker):
         self.log.log_pr_curves(iteration, pr_curves)
         self.log.log(iteration, metrics, prefix=VAL_PREFIX)
 
+    def on_best(self, iteration, values):
+        self.log.log(iteration, values, prefix=None)
+
     def close(self):
         self.log.close()
 
@@ -48,6 +52,9 @@ class JsonlTracker(Tracker):
 
     def on_evaluation(self, iteration, metrics, images, pr_curves):
         self.log.log(iteration, metrics, prefix=VAL_PREFIX)
+
+    def on_best(self, iteration, values):
+        self.log.log(iteration, values, prefix=None)
 
     def close(self):
         self.log.close()

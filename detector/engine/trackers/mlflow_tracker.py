@@ -85,6 +85,9 @@ class MlflowTracker(Tracker):
     def on_evaluation(self, iteration, metrics, images, pr_curves):
         self._log_metrics(iteration, prefixed(VAL_PREFIX, metrics))
 
+    def on_best(self, iteration, values):
+        self._log_metrics(iteration, values)
+
     def on_checkpoint(self, iteration, path):
         if self.run_id is not None:
             self.client.log_batch(self.run_id, tags=[self.entities.RunTag("checkpoint", str(path)),

@@ -49,6 +49,10 @@ class WandbTracker(Tracker):
         if self.run is not None:
             self.run.log(prefixed(VAL_PREFIX, metrics), step=iteration)
 
+    def on_best(self, iteration, values):
+        if self.run is not None:  # the run's summary: the best so far, not a curve
+            self.run.summary.update(dict(values))
+
     def on_checkpoint(self, iteration, path):
         if self.run is not None:
             self.run.summary.update({"checkpoint": str(path), "checkpoint_iteration": iteration})

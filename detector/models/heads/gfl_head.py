@@ -21,11 +21,10 @@ from torch import Tensor, nn
 from detector.assigners.base import Assigner
 from detector.boxes import DistancePointCoder, box_iou_paired
 from detector.losses import BoxLoss, ClassificationLoss, distribution_focal_loss, integral_distribution
-from detector.models.heads.base import DenseHead, LossWeights
+from detector.models.heads.base import DenseHead, LossWeights, Positives
 from detector.models.heads.common import Scale, TowerSpec, anchor_centres, flatten_level, prediction_conv
 from detector.models.outputs import DenseOutputs
 from detector.models.postprocess import InferenceParams
-from detector.runtime.distributed import all_reduce_mean
 
 
 class GFLHead(DenseHead):
@@ -62,34 +61,47 @@ class GFLHead(DenseHead):
         return torch.cat(cls_out, dim=1), bins.view(*bins.shape[:2], 4, self.reg_max + 1), None
 
     def _anchor_strides(self, num_anchors_per_level: list[int], device: torch.device) -> Tensor:
-        strides = torch.tensor(self.strides, dtype=torch.float32, device=device)
-        return torch.repeat_interleave(strides, torch.tensor(num_anchors_per_level, device=device))  # (N,)
+        # one full() per level rather than repeat_interleave over a tensor of the counts: a traced graph keeps
+        # the counts tied to the feature shapes (a tensor of them would be a constant)
+        return torch.cat([torch.full((count,), float(stride), device=device)
+                          for stride, count in zip(self.strides, num_anchors_per_level)])  # (N,)
 
-    def loss(self, outputs: DenseOutputs, targets: list[dict]) -> dict[str, Tensor]:
+    normaliser_minimums = {"num_pos": 1.0, "box_weight": 1.0}
+
+    @staticmethod
+    def _box_weights(outputs: DenseOutputs, pos: Positives) -> Tensor:
+        """(P,) w = max_k sigma_k of each positive (detached): the weight of its box and DFL terms."""
+        return outputs.pred_logits[pos.batch_idx, pos.anchor_idx].detach().float().sigmoid().max(dim=1).values
+
+    def normaliser_sums(self, outputs: DenseOutputs, pos: Positives) -> dict[str, Tensor]:
+        return {"num_pos": pos.local_num_pos, "box_weight": self._box_weights(outputs, pos).sum()}
+
+    def loss(self, outputs: DenseOutputs, targets: list[dict],
+             normalisers: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         pred_logits, pred_bins, anchors = outputs.pred_logits, outputs.pred_regression, outputs.anchors
         pos = self.match(outputs, targets)
+        norm = normalisers if normalisers is not None else self.reduce_normalisers(self.normaliser_sums(outputs, pos))
         stride = self._anchor_strides(outputs.num_anchors_per_level, anchors.device)[pos.anchor_idx][:, None]  # (P, 1)
         centres = anchor_centres(anchors[pos.anchor_idx])  # (P, 2)
         pos_bins = pred_bins[pos.batch_idx, pos.anchor_idx].float()  # (P, 4, R + 1)
         pos_boxes = self.coder.decode(centres, integral_distribution(pos_bins) * stride)  # (P, 4)
         pos_iou = box_iou_paired(pos_boxes.detach(), pos.gt_boxes)  # (P,)
-        losses = {"loss_cls": self.classification_loss(pred_logits, pos, pos_iou)}
+        losses = {"loss_cls": self.classification_loss(pred_logits, pos, pos_iou, norm["num_pos"])}
 
         weights = self.loss_weights
-        weight = pred_logits[pos.batch_idx, pos.anchor_idx].detach().float().sigmoid().max(dim=1).values  # (P,)
-        normaliser = all_reduce_mean(weight.sum()).clamp(min=1.0)
+        weight = self._box_weights(outputs, pos)  # (P,)
         box_terms = self.box_loss(pos_boxes, pos.gt_boxes, reduction="none")  # (P,)
-        losses["loss_box"] = weights.box * (box_terms * weight).sum() / normaliser
+        losses["loss_box"] = weights.box * (box_terms * weight).sum() / norm["box_weight"]
         if self.use_dfl:
             side_targets = self.coder.encode(centres, pos.gt_boxes, max_distance=None) / stride  # (P, 4)
             side_targets = side_targets.clamp(min=0, max=self.reg_max - 0.1)
             dfl = distribution_focal_loss(pos_bins.reshape(-1, self.reg_max + 1), side_targets.reshape(-1),
                                           reduction="none").view(-1, 4).mean(dim=1)  # (P,)
-            losses["loss_dfl"] = weights.dfl * (dfl * weight).sum() / normaliser
+            losses["loss_dfl"] = weights.dfl * (dfl * weight).sum() / norm["box_weight"]
         return losses
 
-    def pred_scores(self, outputs: DenseOutputs) -> Tensor:
-        """sigmoid of the joint class-IoU logits (B, N, K)."""
+    def pred_class_probs(self, outputs: DenseOutputs) -> Tensor:
+        """sigmoid of the joint class-IoU logits (B, N, K): the detection score itself (no quality branch)."""
         return outputs.pred_logits.float().sigmoid()
 
     def decode_boxes(self, outputs: DenseOutputs, batch_idx: Tensor, anchor_idx: Tensor) -> Tensor:
