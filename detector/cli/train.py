@@ -8,7 +8,8 @@
     python tools/train.py CONFIG --overwrite                   # a new run in place of the work dir's old one
 
 The work dir (default work_dirs/<config stem>/) receives config.yaml (the resolved config),
-checkpoints/last.pt, TensorBoard event files (tb/), metrics.jsonl and train.log (every log line of the run).
+checkpoints/last.pt, TensorBoard event files (tb/), metrics.jsonl and train.log (every log line of the run);
+with runtime.trackers listing wandb or mlflow also wandb/ (offline runs) or mlruns/ (MLflow's file store).
 One run at a time trains in a work dir (a lock, .lock); a new run in a work dir that holds checkpoints stops
 unless --resume continues it or --overwrite removes its checkpoints/, metrics.jsonl, train.log, tb/,
 eval_shards/ and config.yaml first (other files stay). With runtime.auto_resume=true a run resumes from the

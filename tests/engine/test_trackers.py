@@ -1,5 +1,6 @@
-"""Experiment trackers: the events a tiny training run sends (order and values), W&B offline and MLflow's file
-store read back with their own readers, and the configuration errors (unknown name, package not installed)."""
+"""Experiment trackers: the events a tiny training run sends (order and values), metrics.jsonl, TensorBoard's
+event files, W&B offline and MLflow's file store read back with their own readers (a resumed run included), and
+the configuration errors (unknown name, package not installed)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ from detector.runtime.metrics_log import read_metrics_jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "configs" / "quickstart.yaml"
+
+
+def read_scalars(folder: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0})  # 0: keep every event
+    accumulator.Reload()
+    return accumulator
 
 
 def tiny_opts(root: Path, *extra: str) -> list[str]:
@@ -64,6 +72,9 @@ class Recorder(Tracker):
     def on_evaluation(self, iteration, metrics, images, pr_curves):
         self.events.append(("evaluation", iteration, dict(metrics)))
 
+    def on_best(self, iteration, values):
+        self.events.append(("best", iteration, dict(values)))
+
     def on_checkpoint(self, iteration, path):
         self.events.append(("checkpoint", iteration, Path(path).name))
 
@@ -106,7 +117,30 @@ def test_a_run_sends_its_events_in_order_and_jsonl_keeps_its_format(data_root, t
                 for kind, iteration, values in recorder.events if kind in ("log", "evaluation")
                 for prefix in ["train" if kind == "log" else "val"]]
     assert (tmp_path / "metrics.jsonl").read_text(encoding="utf-8").splitlines() == expected
-    assert any((tmp_path / "tb").glob("events.out.tfevents.*"))
+    # TensorBoard: the same scalars under the same names and steps (stored as float32)
+    events, jsonl = read_scalars(tmp_path / "tb"), read_metrics_jsonl(tmp_path / "metrics.jsonl")
+    for key in ("train/loss", "train/lr", "train/grad_norm", "val/AP", "val/AP50"):
+        assert [(event.step, event.value) for event in events.Scalars(key)] == \
+            [(record["iter"], pytest.approx(record[key], rel=1e-6, abs=1e-12)) for record in jsonl if key in record]
+
+
+def test_the_best_so_far_reaches_the_trackers_after_each_evaluation(data_root, tmp_path, monkeypatch):
+    recorder = with_recorder(monkeypatch)
+    cfg = load_config(CONFIG, tiny_opts(data_root, "schedule.max_iters=4", "runtime.log_interval=4",
+                                        "runtime.eval_interval=2", "runtime.eval_at_end=true",
+                                        "evaluation.save_best=AP", "runtime.trackers=[jsonl]"))
+    train(cfg, tmp_path, progress=False)
+    evaluations = [(iteration, values["AP"]) for kind, iteration, values in recorder.events if kind == "evaluation"]
+    best = [(iteration, values) for kind, iteration, values in recorder.events if kind == "best"]
+    assert [iteration for iteration, _ in evaluations] == [iteration for iteration, _ in best] == [2, 4]
+    (first_iteration, first_ap), (_, second_ap) = evaluations
+    best_iteration = 4 if second_ap > first_ap else first_iteration  # only a strictly higher AP is a new best
+    assert best[0][1] == {"best/AP": first_ap, "best/iter": first_iteration}
+    assert best[1][1] == {"best/AP": max(first_ap, second_ap), "best/iter": best_iteration}
+    # each evaluation's best/* line follows its val/* line in metrics.jsonl
+    jsonl = read_metrics_jsonl(tmp_path / "metrics.jsonl")
+    assert [(record["iter"], record["best/AP"], record["best/iter"]) for record in jsonl if "best/AP" in record] \
+        == [(iteration, values["best/AP"], values["best/iter"]) for iteration, values in best]
 
 
 def test_a_failing_run_reports_the_failure_then_closes(data_root, tmp_path, monkeypatch):
@@ -159,7 +193,9 @@ def test_the_train_tool_says_which_extra_to_install_in_one_line(data_root, tmp_p
                      *tiny_opts(data_root, "runtime.trackers=[tensorboard,jsonl,wandb]")])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert code == 1 and len(errors) == 1 and "pip install 'focaldet[wandb]'" in errors[0]
-    assert not list(tmp_path.glob("checkpoints/*.pt"))  # stopped before training
+    # stopped before any data or model work: no resolved config, no checkpoint, no metrics
+    assert not (tmp_path / "config.yaml").exists() and not list(tmp_path.glob("checkpoints/*.pt"))
+    assert not (tmp_path / "metrics.jsonl").exists() or not read_metrics_jsonl(tmp_path / "metrics.jsonl")
 
 
 def read_wandb_records(path: Path) -> list:
@@ -218,6 +254,18 @@ def test_wandb_offline_run_files_hold_the_config_and_the_logged_scalars(data_roo
         summary.update(items(record.summary.update))
     assert summary["checkpoint"] == str(work_dir / "checkpoints" / "last.pt") and summary["status"] == "finished"
     assert by_kind["exit"][0].exit.exit_code == 0
+
+    # --resume: the same W&B run id, in a second offline folder that `wandb sync` appends after the first
+    train(load_config(CONFIG, tiny_opts(data_root, "runtime.trackers=[jsonl,wandb]", "runtime.wandb.project=tiny",
+                                        "schedule.max_iters=3")), work_dir, resume=True, progress=False)
+    assert (work_dir / "wandb_run_id.txt").read_text(encoding="utf-8").strip() == run_id
+    folders = sorted((work_dir / "wandb").glob("offline-run-*"))
+    assert len(folders) == 2 and all(folder.name.endswith(f"-{run_id}") for folder in folders)
+    resumed = read_wandb_records(folders[1] / f"run-{run_id}.wandb")
+    history = [items(record.history.item) for record in resumed if record.WhichOneof("record_type") == "history"]
+    assert [row["_step"] for row in history] == [3]
+    assert history[0]["train/loss"] == pytest.approx(read_metrics_jsonl(work_dir / "metrics.jsonl")[-1]["train/loss"],
+                                                     rel=1e-12)
 
 
 def test_mlflow_file_store_holds_params_metrics_and_a_resumed_run(data_root, tmp_path, monkeypatch):
