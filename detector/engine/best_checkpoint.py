@@ -105,6 +105,7 @@ def record_best(trainer, metrics: dict) -> None:
     improved = best.observe(trainer.iteration, metrics)  # the same answer on every process
     trainer.checkpoints.state_changed()
     trainer.save_checkpoint(keep=False, best=improved)
-    trainer.trackers.on_best(trainer.iteration, best.record())
+    if best.best_iteration is not None:  # none yet while the metric was only ever NaN
+        trainer.trackers.on_best(trainer.iteration, best.record())
     if best.should_stop and is_main_process():
         logger.warning(best.stop_message())
