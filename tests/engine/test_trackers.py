@@ -4,8 +4,10 @@ the configuration errors (unknown name, package not installed)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import pytest
 import torch
 
 from detector.config import ConfigError, config_to_dict, load_config
+from detector.config_trackers import DEFAULT_TRACKERS, MlflowConfig, WandbConfig
 from detector.engine import trainer as trainer_module
 from detector.engine.trackers import Tracker, TrackerList, TrackerUnavailableError, build_trackers
 from detector.engine.trainer import train
@@ -171,6 +174,26 @@ def test_unknown_or_repeated_tracker_names_are_config_errors(data_root):
     with pytest.raises(ConfigError, match="runtime.wandb.project"):
         load_config(CONFIG, tiny_opts(data_root, "runtime.wandb.project=''"))
     assert load_config(CONFIG, tiny_opts(data_root)).runtime.trackers == ["tensorboard", "jsonl"]  # the default
+
+
+def test_the_readme_config_reference_lists_every_tracker_key_with_its_default():
+    """README's config table rows name a key as `a.b.c`, or siblings as `a.b.c`, `d`, `e` with one default each."""
+    documented = {}
+    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+        if not re.match(r"\| `runtime\.(trackers|wandb|mlflow)", line):
+            continue
+        names_cell, defaults_cell = line.strip("| ").split(" | ")[:2]
+        names = re.findall(r"`([^`]+)`", names_cell)
+        defaults = defaults_cell.split(", ") if len(names) > 1 else [defaults_cell]
+        parent = names[0].rsplit(".", 1)[0]
+        documented.update({name if "." in name else f"{parent}.{name}": default.strip("`")
+                           for name, default in zip(names, defaults, strict=True)})
+    expected = {"runtime.trackers": f"[{', '.join(DEFAULT_TRACKERS)}]"}
+    for section, config in (("wandb", WandbConfig()), ("mlflow", MlflowConfig())):
+        for field in dataclasses.fields(config):
+            value = getattr(config, field.name)
+            expected[f"runtime.{section}.{field.name}"] = "null" if value is None else str(value)
+    assert documented == expected
 
 
 @pytest.mark.parametrize("name, modules", [("wandb", ["wandb"]), ("mlflow", ["mlflow", "mlflow.tracking"])])
