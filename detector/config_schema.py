@@ -1,7 +1,8 @@
 """The config schema: every key a YAML file may set, its type, default and meaning.
 
 The ``model`` section lives in :mod:`detector.model_schema`, ``schedule`` in :mod:`detector.config_schedule` and
-``data.augment`` in :mod:`detector.config_augment`; the rest of data, runtime and evaluation here.
+``data.augment`` in :mod:`detector.config_augment`, ``runtime.wandb`` / ``runtime.mlflow`` in
+:mod:`detector.config_trackers`; the rest of data, runtime and evaluation here.
 Defaults follow the RetinaNet paper's R50-FPN 1x COCO setting (see README "Config reference").
 ``Config.check()`` holds the rules that span several keys.
 """
@@ -17,13 +18,14 @@ from typing import Literal, Optional
 # from this module.
 from detector.config_augment import AugmentConfig
 from detector.config_schedule import ScheduleConfig
+from detector.config_trackers import DEFAULT_TRACKERS, MlflowConfig, TrackerName, WandbConfig, check_tracker_names
 from detector.model_schema import (AnchorConfig, AssignerConfig, BackboneConfig, BoxCoderConfig, BoxLossConfig,
                                    ClsLossConfig, HeadConfig, ModelConfig, NeckConfig, TestConfig)
 
 __all__ = ["AnchorConfig", "AssignerConfig", "BackboneConfig", "BoxCoderConfig", "BoxLossConfig", "ClsLossConfig",
            "HeadConfig", "ModelConfig", "NeckConfig", "TestConfig", "DatasetConfig", "SyntheticConfig",
            "TTAConfig", "EvaluationConfig", "AugmentConfig", "DataConfig", "ScheduleConfig", "RuntimeConfig",
-           "Config"]
+           "WandbConfig", "MlflowConfig", "Config"]
 
 
 @dataclass(frozen=True)
@@ -187,8 +189,13 @@ class RuntimeConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     # Stop after this many evaluations in a row without a better evaluation.save_best (null: never).
     early_stop_patience: Optional[int] = None
+    # Where metrics go (rank 0): any of tensorboard (<work_dir>/tb), jsonl (metrics.jsonl), wandb, mlflow.
+    trackers: list[TrackerName] = field(default_factory=lambda: list(DEFAULT_TRACKERS))
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
     def __post_init__(self):
+        check_tracker_names(list(self.trackers))
         if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):
             raise ValueError(f"runtime.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.keep_checkpoints < 1:

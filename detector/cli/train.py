@@ -8,7 +8,8 @@
     python tools/train.py CONFIG --overwrite                   # a new run in place of the work dir's old one
 
 The work dir (default work_dirs/<config stem>/) receives config.yaml (the resolved config),
-checkpoints/last.pt, TensorBoard event files (tb/), metrics.jsonl and train.log (every log line of the run).
+checkpoints/last.pt, TensorBoard event files (tb/), metrics.jsonl and train.log (every log line of the run);
+with runtime.trackers listing wandb or mlflow also wandb/ (offline runs) or mlruns/ (MLflow's file store).
 One run at a time trains in a work dir (a lock, .lock); a new run in a work dir that holds checkpoints stops
 unless --resume continues it or --overwrite removes its checkpoints/, metrics.jsonl, train.log, tb/,
 eval_shards/ and config.yaml first (other files stay). With runtime.auto_resume=true a run resumes from the
@@ -84,6 +85,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from detector.cli.common import BAD_INPUT_ERRORS, run_tool, start_logging
     from detector.engine.failsafe import TrainingFailed
+    from detector.engine.trackers import TrackerUnavailableError
     from detector.engine.trainer import NonFiniteLossError
     from detector.runtime.distributed import destroy_distributed, get_rank, init_distributed
 
@@ -92,7 +94,8 @@ def main(argv=None) -> int:
     try:
         # A diverged run or bad input (checkpoint, annotation file, image, a config that does not fit the data):
         # one `error:` line naming the file and the entry.
-        return run_tool(lambda: run(args), bad_input=BAD_INPUT_ERRORS + (NonFiniteLossError, TrainingFailed),
+        return run_tool(lambda: run(args), bad_input=BAD_INPUT_ERRORS + (NonFiniteLossError, TrainingFailed,
+                                                                  TrackerUnavailableError),
                         rank=get_rank())
     finally:
         destroy_distributed()

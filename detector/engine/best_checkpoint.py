@@ -2,10 +2,11 @@
 
 At each evaluation the chosen metric (higher is better: AP, AP50, APr, ...) is compared with the best so far.
 A strictly higher value makes this evaluation the best: the trainer writes ``checkpoints/best.pt`` (the full
-training checkpoint of that iteration, EMA included) and ``metrics.jsonl`` records ``best/<metric>`` and
-``best/iter``. Otherwise the count of evaluations without improvement grows; when it reaches the patience the run
-stops (last.pt written, no further evaluation: the last one was of the same weights). The tracker's state is
-part of the training checkpoint (key ``best``), so a resumed run keeps its best value and its count.
+training checkpoint of that iteration, EMA included). Otherwise the count of evaluations without improvement
+grows; when it reaches the patience the run stops (last.pt written, no further evaluation: the last one was of
+the same weights). After every evaluation the run's experiment trackers (``runtime.trackers``, ``metrics.jsonl``
+among them) record ``best/<metric>`` and ``best/iter``. The best tracker's state is part of the training
+checkpoint (key ``best``), so a resumed run keeps its best value and its count.
 
 The main process holds the metrics; its decisions reach every process through one all-reduce, since writing a
 checkpoint and stopping are collective.
@@ -20,7 +21,7 @@ import torch
 
 from detector.runtime.distributed import all_reduce_sum, is_main_process
 
-__all__ = ["BestTracker", "BEST_KEY", "BEST_NAME"]
+__all__ = ["BestTracker", "record_best", "BEST_KEY", "BEST_NAME"]
 
 logger = logging.getLogger("detector.engine")
 
@@ -77,7 +78,7 @@ class BestTracker:
                 f"{self.metric} than {self.best_value:.4f} (iteration {self.best_iteration}); stopping")
 
     def record(self) -> dict:
-        """The ``metrics.jsonl`` entries of the best so far."""
+        """The best so far as named scalars: ``{"best/<metric>": value, "best/iter": iteration}``."""
         return {f"best/{self.metric}": self.best_value, "best/iter": self.best_iteration}
 
     def state_dict(self) -> dict:
@@ -94,3 +95,17 @@ class BestTracker:
         self.best_value = float(state["best_value"])
         self.best_iteration = state["best_iteration"]
         self.num_bad_evaluations = int(state["num_bad_evaluations"])
+
+
+def record_best(trainer, metrics: dict) -> None:
+    """After an evaluation of ``trainer`` (every process): best.pt at a new best, last.pt rewritten with the best
+    tracker's new state (so that a resumed run counts this evaluation), ``best/*`` sent to the experiment trackers
+    (``on_best``), and the early-stop message."""
+    best = trainer.best
+    improved = best.observe(trainer.iteration, metrics)  # the same answer on every process
+    trainer.checkpoints.state_changed()
+    trainer.save_checkpoint(keep=False, best=improved)
+    if best.best_iteration is not None:  # none yet while the metric was only ever NaN
+        trainer.trackers.on_best(trainer.iteration, best.record())
+    if best.should_stop and is_main_process():
+        logger.warning(best.stop_message())

@@ -75,7 +75,7 @@ def count_skipped_step(trainer, step: StepResult, last_good: tuple[int, dict] | 
     if trainer.nonfinite_streak <= limit:
         return
     values = reduce_loss_dict(step.losses)
-    trainer.metrics_log.log(trainer.iteration, {**values, "skipped_steps": trainer.num_skipped_steps})
+    trainer.trackers.on_log_step(trainer.iteration, {**values, "skipped_steps": trainer.num_skipped_steps})
     kept = trainer.last_checkpoint if trainer.last_checkpoint.is_file() else "none written yet"
     raise divergence_error(trainer.nonfinite_streak, limit, trainer.iteration, values,
                            (last_good[0], reduce_loss_dict(last_good[1])) if last_good else None, kept)

@@ -4,10 +4,11 @@ One call, ``train(cfg, work_dir, resume)``, does the whole run:
   work dir (locked; a new run never overwrites another's checkpoints) -> data (the val set checked up front)
   -> model (DDP when launched by torchrun) -> optimizer + warm-up lr schedule (engine/recipe.py) -> loop (AMP,
   gradient accumulation and clipping, non-finite steps skipped, EMA) -> logging (a plain line every
-  ``runtime.log_interval`` iterations on the console and in train.log, tqdm on a terminal, TensorBoard,
-  metrics.jsonl) -> checkpoints (last.pt + every N iterations) -> evaluation (every N iterations and at the end,
-  of the EMA weights when on; TensorBoard images of the first val images' detections and per-class PR curves;
-  best.pt and early stopping with ``evaluation.save_best``).
+  ``runtime.log_interval`` iterations on the console and in train.log, tqdm on a terminal, and the
+  ``runtime.trackers``: TensorBoard, metrics.jsonl, W&B, MLflow; engine/trackers) -> checkpoints (last.pt + every
+  N iterations) -> evaluation (every N iterations and at the end, of the EMA weights when on; TensorBoard images
+  of the first val images' detections and per-class PR curves; best.pt and early stopping with
+  ``evaluation.save_best``).
 
 The schedule is counted in iterations. With ``schedule.epochs`` the length and ``schedule.steps`` are
 converted with the sampler's batches per epoch, as is ``schedule.warmup_epochs`` (with repeat-factor sampling
@@ -45,11 +46,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from detector.config import save_config
+from detector.config import config_to_dict, save_config
 from detector.config_schema import Config
 from detector.data.build import build_train_loader, prepare_synthetic_data
 from detector.engine.accumulation import GradientAccumulator, amp_autocast, scaled_backward
-from detector.engine.best_checkpoint import BEST_KEY, BestTracker
+from detector.engine.best_checkpoint import BEST_KEY, BestTracker, record_best
 from detector.engine.ema import EMA_KEY, ModelEMA
 from detector.engine.evaluate import check_val_set, evaluate_model
 from detector.engine.failsafe import BufferSnapshot, after_error
@@ -59,13 +60,14 @@ from detector.engine.resume import find_resume_checkpoint, restore_training_stat
 from detector.engine.run_checkpoints import RunCheckpoints
 from detector.engine.stopping import (NonFiniteLossError, StepResult, StopSignal, TrainingInterrupted,  # noqa: F401
                                      count_skipped_step)  # the tools import the exceptions from here
+from detector.engine.trackers import TrackerList, build_trackers
 from detector.engine.train_log import metrics_log_line, train_log_line
 from detector.predict.checkpoints import build_checkpoint_meta
 from detector.runtime.device import resolve_amp_dtype, resolve_device
 from detector.runtime.distributed import (all_reduce_sum, barrier, get_world_size, init_distributed,
                                           is_distributed, is_main_process, on_main_process, reduce_loss_dict)
 from detector.runtime.logging_setup import FILE_ONLY, add_log_file, remove_log_file
-from detector.runtime.metrics_log import MeterGroup, MetricsLogger
+from detector.runtime.metrics_log import MeterGroup
 from detector.runtime.model_state import unwrap_model
 from detector.runtime.seeding import capture_rng_state, seed_everything
 from detector.runtime.signals import STOP_SIGNALS, deferred, shut_down_loader_workers
@@ -97,7 +99,7 @@ class Trainer:
         if cfg.model.backbone.norm == "syncbn" and world_size > 1 and self.device.type == "cpu":
             raise ValueError("model.backbone.norm=syncbn needs CUDA devices (torch's SyncBatchNorm has no CPU "
                              "kernel); use bn, gn or frozen_bn for multi-process CPU runs")
-        self.metrics_log = self.log_file = None
+        self.trackers, self.log_file = TrackerList(), None
         self.lock = on_main_process(lambda: claim_work_dir(self.work_dir, bool(resume) or cfg.runtime.auto_resume,
                                                            overwrite))
         try:  # after the lock: a refused run never writes into another run's log
@@ -110,6 +112,8 @@ class Trainer:
     def set_up(self, rank: int, world_size: int, resume: bool | str | Path | None) -> None:
         cfg = self.cfg
         seed_everything(cfg.runtime.seed, rank=0, deterministic=cfg.runtime.deterministic)  # same init everywhere
+        # First: a listed tracker whose package is missing stops the run before any data or model work.
+        self.trackers = on_main_process(lambda: build_trackers(cfg, self.work_dir)) or TrackerList()
         on_main_process(lambda: (save_config(cfg, self.work_dir / "config.yaml"), prepare_synthetic_data(cfg)))
         self.model = model = build_training_model(cfg, self.device, world_size)
         seed_everything(cfg.runtime.seed, rank=rank, deterministic=cfg.runtime.deterministic)
@@ -136,7 +140,6 @@ class Trainer:
         self.buffers = BufferSnapshot(model)  # restored when a step fails half-way (see engine/failsafe.py)
         self.checkpoints = RunCheckpoints(self.work_dir / "checkpoints", cfg.runtime.keep_checkpoints,
                                           writer=is_main_process())
-        self.metrics_log = MetricsLogger(self.work_dir)
         self.stop = StopSignal()
         self.iteration = 0
         self.num_skipped_steps = 0   # every skipped step (non-finite loss or gradient, fp16 overflow)
@@ -152,8 +155,7 @@ class Trainer:
         """End the loader workers, close the logs and release the work dir (done by ``fit()``; idempotent)."""
         if getattr(self, "loader", None) is not None:
             shut_down_loader_workers(self.loader)
-        if self.metrics_log is not None:
-            self.metrics_log.close()
+        self.trackers.close()
         if self.log_file is not None:
             remove_log_file(self.log_file)
             self.log_file = None
@@ -203,6 +205,8 @@ class Trainer:
         state = self.state_dict()  # collective: every rank
         self.checkpoints.saved_iteration = self.iteration
         path = self.checkpoints.write(state, self.iteration, keep, self.model_is_finite, best=best)
+        if path is not None:
+            self.trackers.on_checkpoint(self.iteration, path)
         barrier()
         return path
 
@@ -277,13 +281,16 @@ class Trainer:
         self.model.train()
         stream = self.batches()
         try:
+            self.trackers.on_train_start(config_to_dict(self.cfg), self.iteration)
             with self.stop.installed():
                 try:
                     self.run_steps(stream, bar)
                     bar.close()
                     self.finish()
+                    self.trackers.on_train_end(self.iteration, self.eval_metrics)
                 except BaseException as error:
                     failure = after_error(self, error)
+                    self.trackers.on_train_failure(self.iteration, failure)
                     if failure is error:
                         raise
                     raise failure from error
@@ -336,7 +343,7 @@ class Trainer:
         values = reduce_loss_dict({**step.losses, "grad_norm": step.grad_norm})  # one all-reduce, one host copy
         values.update(meters.medians(), lr=self.optimizer.param_groups[0]["lr"],
                       skipped_steps=self.num_skipped_steps)
-        self.metrics_log.log(self.iteration, values)
+        self.trackers.on_log_step(self.iteration, values)
         bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{values['lr']:.2g}")
         if is_main_process():
             logger.info(train_log_line(self.iteration, self.length.run_iters, values, self.device))
@@ -356,39 +363,28 @@ class Trainer:
         evaluation at once."""
         if not final:
             self.save_checkpoint(keep=False)
-        tensorboard, ev = self.metrics_log.has_tensorboard, self.cfg.evaluation  # rank 0 only
+        images_wanted, ev = self.trackers.wants_images, self.cfg.evaluation  # rank 0 only
         self.evaluating = "final" if final else "mid-run"
         with self.stop.abandoning():
             model = self.ema.module if self.ema is not None else unwrap_model(self.model)  # runtime.ema: the average
             metrics = evaluate_model(self.cfg, model, self.device, progress=self.show_bars,
                                      shard_dir=self.work_dir / "eval_shards",
-                                     pr_curves=tensorboard and ev.tensorboard_pr_curves,
-                                     keep_images=ev.tensorboard_images if tensorboard else 0)
+                                     pr_curves=images_wanted and ev.tensorboard_pr_curves,
+                                     keep_images=ev.tensorboard_images if images_wanted else 0)
         self.evaluating = None
         self.model.train()
         if is_main_process():  # detections drawn on the first val images and per-class PR curves
-            self.metrics_log.log_images(self.iteration, metrics.pop("images", {}))
-            self.metrics_log.log_pr_curves(self.iteration, metrics.pop("pr_curves", {}))
-            self.metrics_log.log(self.iteration, {k: v for k, v in metrics.items() if isinstance(v, float)},
-                                 prefix="val")
+            images, curves = metrics.pop("images", {}), metrics.pop("pr_curves", {})
+            scalars = {key: value for key, value in metrics.items() if isinstance(value, float)}
+            self.trackers.on_evaluation(self.iteration, scalars, images, curves)
             # printed once: mid-run on the console and in train.log; at the end train.log only (the tool prints
             # the table)
             logger.info("evaluation at iteration %d: %s", self.iteration, metrics_log_line(metrics),
                         extra=FILE_ONLY if final else None)
         self.eval_metrics = metrics
         if self.best.enabled:
-            self.record_best(metrics)
+            record_best(self, metrics)  # best.pt at a new best, best/* to the trackers, early stop
         return metrics
-
-    def record_best(self, metrics: dict) -> None:
-        """evaluation.save_best: best.pt at a new best, last.pt rewritten with the tracker's new state (so that a
-        resumed run counts this evaluation), metrics.jsonl's best/*, and the early-stop message."""
-        improved = self.best.observe(self.iteration, metrics)  # the same answer on every process
-        self.checkpoints.state_changed()
-        self.save_checkpoint(keep=False, best=improved)
-        self.metrics_log.log(self.iteration, self.best.record(), prefix=None)
-        if self.best.should_stop and is_main_process():
-            logger.warning(self.best.stop_message())
 
 
 def train(cfg: Config, work_dir: str | Path, resume: bool | str | Path | None = False, progress: bool = True,

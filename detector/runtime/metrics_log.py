@@ -60,10 +60,12 @@ class MetricsLogger:
         enabled: set False to disable logging altogether.
         tensorboard_subdir: sub-directory for the event files (``None`` writes them into ``work_dir``).
             If the ``tensorboard`` package is missing, a warning is logged and only the JSON file is written.
+        jsonl / tensorboard: write ``metrics.jsonl`` / the TensorBoard event files (each tracker of
+            :mod:`detector.engine.trackers` writes one of them).
     """
 
     def __init__(self, work_dir: str | os.PathLike, enabled: bool = True, *,
-                 tensorboard_subdir: str | None = "tb") -> None:
+                 tensorboard_subdir: str | None = "tb", jsonl: bool = True, tensorboard: bool = True) -> None:
         self.work_dir = Path(work_dir)
         self.enabled = bool(enabled) and is_main_process()
         self.metrics_path = self.work_dir / METRICS_FILENAME
@@ -73,8 +75,10 @@ class MetricsLogger:
         if not self.enabled:
             return
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        # Line-buffered append: resumed runs continue the same file.
-        self._file = open(self.metrics_path, "a", encoding="utf-8", buffering=1)
+        if jsonl:  # line-buffered append: resumed runs continue the same file
+            self._file = open(self.metrics_path, "a", encoding="utf-8", buffering=1)
+        if not tensorboard:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as error:
@@ -89,15 +93,16 @@ class MetricsLogger:
         Python / NumPy scalars or one-element tensors (converted with ``.item()``); strings go to the JSON
         file only. Writes one JSON line ``{"iter": step, ...}`` and flushes both outputs.
         """
-        if not self.enabled or self._file is None:
+        if self._file is None and self._writer is None:
             return
         record: dict[str, Any] = {"iter": int(step)}
         for key, value in metrics.items():
             name = f"{prefix}/{key}" if prefix else str(key)
             record[name] = _to_python_scalar(name, value)
         try:
-            self._file.write(json.dumps(record) + "\n")
-            self._file.flush()
+            if self._file is not None:
+                self._file.write(json.dumps(record) + "\n")
+                self._file.flush()
         except OSError as error:  # a full disk: keep training (the next checkpoint save says so), stop this file
             logger.warning("cannot write %s (%s); no further metrics are written to it in this run",
                            self.metrics_path, error)

@@ -97,7 +97,7 @@ def test_evaluation_without_images_and_curves(tmp_path):
     cfg, _ = tiny_config(tmp_path, images=0, pr_curves=False)
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     metrics = trainer.evaluate()  # evaluation only: no training step needed
-    trainer.metrics_log.close()
+    trainer.close()
     assert "AP" in metrics and "images" not in metrics and "pr_curves" not in metrics
     events = read_events(tmp_path / "run" / "tb")
     assert events.Tags()["images"] == [] and pr_curve_tags(events) == []

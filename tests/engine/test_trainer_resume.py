@@ -260,13 +260,16 @@ class InfiniteGradient(torch.autograd.Function):
 
 
 @pytest.mark.parametrize("scaler", [True, False])
-def test_gradient_overflow_with_a_grad_scaler_is_counted_but_not_a_divergence(data_root, tmp_path, scaler):
+def test_gradient_overflow_with_a_grad_scaler_is_counted_but_not_a_divergence(data_root, tmp_path, scaler,
+                                                                              monkeypatch):
     """With a GradScaler (fp16 on CUDA; an enabled CPU scaler stands in here) a finite loss with overflowing
     gradients is the scaler's normal working: skipped, counted in skipped_steps, the scale halved, and not
     counted toward runtime.max_consecutive_nonfinite. Without a scaler the same steps are a divergence."""
+    if scaler:  # built with the trainer, so that the backward pass scales its losses too
+        grad_scaler = torch.amp.GradScaler
+        monkeypatch.setattr(torch.amp, "GradScaler", lambda device, enabled: grad_scaler(device, init_scale=1024.0))
     trainer = make_trainer(data_root, tmp_path, "schedule.max_iters=5", "runtime.max_consecutive_nonfinite=1")
-    if scaler:
-        trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    assert trainer.scaler.is_enabled() == scaler
     forward = trainer.model.forward
 
     def overflowing(images, targets):
