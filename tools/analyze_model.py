@@ -18,7 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detector.cli.common import add_config_argument, add_opts_argument, load_tool_config, run_command, tool_parser
+from detector.cli.common import add_config_argument, add_opts_argument, load_tool_config, tool_parser
+from detector.cli.entry import run_command
 from detector.models import build_model
 from detector.models.analysis import analyze, format_table, padded_size
 

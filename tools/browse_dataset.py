@@ -19,7 +19,8 @@ import logging
 import sys
 from pathlib import Path
 
-from detector.cli.common import add_config_argument, add_opts_argument, load_tool_config, run_command, tool_parser
+from detector.cli.common import add_config_argument, add_opts_argument, load_tool_config, tool_parser
+from detector.cli.entry import run_command
 from detector.data.build import build_train_loader, build_val_loader, prepare_synthetic_data
 from detector.visualization import iter_drawn_samples, save_png
 

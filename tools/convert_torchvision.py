@@ -23,7 +23,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from detector.cli.common import run_command, tool_parser
+from detector.cli.common import tool_parser
+from detector.cli.entry import run_command
 from detector.conversion.torchvision_retinanet import DEFAULT_BN_EPS, ConversionError, convert_torchvision
 
 

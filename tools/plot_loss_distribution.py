@@ -19,7 +19,8 @@ from detector.analysis.loss_distribution import (NEGATIVE_MODES, collect_classif
                                                  loss_distribution_readings, num_samples_text,
                                                  plot_loss_distribution)
 from detector.cli.common import (add_config_argument, add_opts_argument, load_tool_config, load_trained_model,
-                                 run_command, tool_parser)
+                                 tool_parser)
+from detector.cli.entry import run_command
 from detector.data.build import build_val_loader, prepare_synthetic_data
 from detector.runtime.device import resolve_device
 

@@ -9,7 +9,8 @@ import argparse
 import sys
 
 from detector.analysis.metrics_plot import load_run, plot_metrics
-from detector.cli.common import run_command, tool_parser
+from detector.cli.common import tool_parser
+from detector.cli.entry import run_command
 
 
 def parse_args(argv=None) -> argparse.Namespace:

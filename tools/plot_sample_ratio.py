@@ -17,7 +17,8 @@ from pathlib import Path
 
 from detector.analysis.sample_ratio import (annotation_batches, count_samples, format_counts, instances_per_class,
                                             plot_sample_ratio)
-from detector.cli.common import add_config_argument, add_opts_argument, load_tool_config, run_command, tool_parser
+from detector.cli.common import add_config_argument, add_opts_argument, load_tool_config, tool_parser
+from detector.cli.entry import run_command
 from detector.data.build import DATASETS, prepare_synthetic_data
 from detector.models import build_model
 

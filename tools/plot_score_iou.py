@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from detector.analysis.score_iou import collect_score_iou, plot_score_iou
-from detector.cli.common import add_opts_argument, load_tool_config, load_trained_model, run_command, tool_parser
+from detector.cli.common import add_opts_argument, load_tool_config, load_trained_model, tool_parser
+from detector.cli.entry import run_command
 from detector.data.build import build_val_loader, prepare_synthetic_data
 from detector.runtime.device import resolve_device
 

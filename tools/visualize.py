@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 from detector.cli.common import (add_config_argument, add_opts_argument, load_tool_config, load_trained_model,
-                                 run_command, tool_parser)
+                                 tool_parser)
+from detector.cli.entry import run_command
 from detector.data.build import build_dataset, prepare_synthetic_data
 from detector.evaluation import load_results
 from detector.runtime.device import resolve_amp_dtype, resolve_device

@@ -4,9 +4,8 @@ answers ``--help``) before it imports torch or any model code (see detector/cli/
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 
-__all__ = ["tool_parser", "add_config_argument", "add_opts_argument", "add_raw_weights_argument", "run_command"]
+__all__ = ["tool_parser", "add_config_argument", "add_opts_argument", "add_raw_weights_argument"]
 
 
 def tool_parser(description: str | None) -> argparse.ArgumentParser:
@@ -28,17 +27,3 @@ def add_raw_weights_argument(parser: argparse.ArgumentParser) -> None:
                         help="a checkpoint holding a moving average of the weights (runtime.ema) is used with the "
                              "average, as training evaluated it; this uses its raw weights instead")
 
-
-def run_command(parse_args: Callable[[list[str] | None], argparse.Namespace],
-                run: Callable[[argparse.Namespace], int | None], argv: list[str] | None = None, log: bool = True,
-                bad_input: tuple[type[BaseException], ...] | None = None) -> int:
-    """A tool's ``main()``: parse the command line (``--help`` and usage errors answer before torch is imported),
-    start logging (``log``), run ``run(args)`` and return its exit code, errors reported by
-    :func:`detector.cli.common.run_tool` (``bad_input``: the errors reported as bad input, exit 1; by default
-    the common ones)."""
-    args = parse_args(argv)
-    from detector.cli.common import BAD_INPUT_ERRORS, run_tool, start_logging
-
-    if log:
-        start_logging()
-    return run_tool(lambda: run(args), bad_input=BAD_INPUT_ERRORS if bad_input is None else bad_input)

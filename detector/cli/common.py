@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 
 from torch import nn
 
-from detector.cli.args import add_config_argument, add_opts_argument, run_command, tool_parser
+from detector.cli.args import add_config_argument, add_opts_argument, tool_parser
 from detector.config import ConfigError, load_config
 from detector.config_schema import Config
 from detector.data.detection_dataset import BadImageError
@@ -38,7 +38,7 @@ from detector.runtime.work_dir import OutputPathError
 
 __all__ = ["EXIT_OK", "EXIT_BAD_INPUT", "EXIT_BAD_CONFIG", "EXIT_INTERRUPTED", "BAD_INPUT_ERRORS", "tool_parser",
            "add_config_argument", "add_opts_argument", "start_logging", "load_tool_config", "load_checkpoint_config",
-           "load_trained_model", "report_error", "run_tool", "run_command"]
+           "load_trained_model", "report_error", "run_tool"]
 
 EXIT_OK = 0
 EXIT_BAD_INPUT = 1

@@ -25,7 +25,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from detector.cli.args import add_opts_argument, add_raw_weights_argument, run_command, tool_parser
+from detector.cli.args import add_opts_argument, add_raw_weights_argument, tool_parser
+from detector.cli.entry import run_command
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript"}

@@ -27,7 +27,8 @@ import signal
 import sys
 from pathlib import Path
 
-from detector.cli.args import add_opts_argument, add_raw_weights_argument, run_command, tool_parser
+from detector.cli.args import add_opts_argument, add_raw_weights_argument, tool_parser
+from detector.cli.entry import run_command
 
 # torch and the model code are imported once the command line is parsed (``--help`` answers at once).
 

@@ -19,7 +19,8 @@ import argparse
 import os
 import sys
 
-from detector.cli.args import run_command, tool_parser
+from detector.cli.args import tool_parser
+from detector.cli.entry import run_command
 
 
 def parse_args(argv=None) -> argparse.Namespace:
