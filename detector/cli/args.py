@@ -4,8 +4,13 @@ answers ``--help``) before it imports torch or any model code (see detector/cli/
 from __future__ import annotations
 
 import argparse
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable
 
-__all__ = ["tool_parser", "add_config_argument", "add_opts_argument"]
+__all__ = ["tool_parser", "add_config_argument", "add_opts_argument", "interruptible"]
 
 
 def tool_parser(description: str | None) -> argparse.ArgumentParser:
@@ -20,3 +25,18 @@ def add_config_argument(parser: argparse.ArgumentParser, help_text: str = "YAML 
 def add_opts_argument(parser: argparse.ArgumentParser, help_text: str = "config overrides") -> None:
     """``--opts KEY=VALUE ...``: YAML-typed config overrides (e.g. schedule.max_iters=100 data.min_size=[512])."""
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help=help_text)
+
+
+def interruptible(main: Callable[..., int]) -> Callable[..., int]:
+    """A tool's ``main(argv)`` that ends a Ctrl-C it does not handle itself (while torch and the model code load,
+    before :func:`detector.cli.common.run_tool` starts, or while the process group ends after it) as run_tool
+    does: the line "interrupted (Ctrl-C)" (from rank 0 alone under torchrun) and exit code 130, not a traceback."""
+    @functools.wraps(main)
+    def main_or_interrupted(argv=None) -> int:
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            if os.environ.get("RANK", "0") == "0":
+                print("interrupted (Ctrl-C)", file=sys.stderr)
+            return 128 + signal.SIGINT
+    return main_or_interrupted

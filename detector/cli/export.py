@@ -25,7 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from detector.cli.args import add_opts_argument, tool_parser
+from detector.cli.args import add_opts_argument, interruptible, tool_parser
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript"}
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@interruptible
 def main(argv=None) -> int:
     args = parse_args(argv)
     from detector.cli.common import run_tool, start_logging

@@ -27,7 +27,7 @@ import signal
 import sys
 from pathlib import Path
 
-from detector.cli.args import add_opts_argument, tool_parser
+from detector.cli.args import add_opts_argument, interruptible, tool_parser
 
 # torch and the model code are imported once the command line is parsed (``--help`` answers at once).
 
@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@interruptible
 def main(argv=None) -> int:
     args = parse_args(argv)
     from detector.cli.common import run_tool, start_logging

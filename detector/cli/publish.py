@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from detector.cli.args import tool_parser
+from detector.cli.args import interruptible, tool_parser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,6 +43,7 @@ def publish(args: argparse.Namespace) -> None:
     print(f"sha256: {sha}")
 
 
+@interruptible
 def main(argv=None) -> int:
     args = parse_args(argv)
     from detector.cli.common import run_tool
