@@ -28,6 +28,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from detector.cli.args import interruptible
 from detector.conversion.dataset_files import ConversionError, read_class_names
 from detector.conversion.yolo import default_names_file
 
@@ -81,6 +82,7 @@ def convert(args: argparse.Namespace) -> list[str]:
             f"image folder (data.*.img_dir): {result.images_root}"]
 
 
+@interruptible
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:

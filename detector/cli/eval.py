@@ -23,7 +23,8 @@ import argparse
 import logging
 import sys
 
-from detector.cli.args import add_config_argument, add_opts_argument, add_raw_weights_argument, tool_parser
+from detector.cli.args import (add_config_argument, add_opts_argument, add_raw_weights_argument,
+                               interruptible, tool_parser)
 
 # torch, the datasets (lvis) and the evaluators are imported once the command line is parsed (``--help`` answers
 # at once).
@@ -147,6 +148,7 @@ def run_checked(args: argparse.Namespace) -> int:
     return run(args)
 
 
+@interruptible
 def main(argv=None) -> int:
     args = parse_args(argv)
     from detector.cli.common import run_tool, start_logging

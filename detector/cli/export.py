@@ -25,7 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from detector.cli.args import add_opts_argument, add_raw_weights_argument, tool_parser
+from detector.cli.args import add_opts_argument, add_raw_weights_argument, interruptible, tool_parser
 from detector.cli.entry import run_command
 
 FORMATS = ("onnx", "torchscript")
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@interruptible
 def main(argv=None) -> int:
     return run_command(parse_args, run, argv)
 

@@ -27,7 +27,7 @@ import signal
 import sys
 from pathlib import Path
 
-from detector.cli.args import add_opts_argument, add_raw_weights_argument, tool_parser
+from detector.cli.args import add_opts_argument, add_raw_weights_argument, interruptible, tool_parser
 from detector.cli.entry import run_command
 
 # torch and the model code are imported once the command line is parsed (``--help`` answers at once).
@@ -98,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@interruptible
 def main(argv=None) -> int:
     return run_command(parse_args, run, argv)
 

@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from detector.cli.args import tool_parser
+from detector.cli.args import interruptible, tool_parser
 from detector.cli.entry import run_command
 
 
@@ -44,6 +44,7 @@ def publish(args: argparse.Namespace) -> None:
     print(f"sha256: {sha}")
 
 
+@interruptible
 def main(argv=None) -> int:
     return run_command(parse_args, publish, argv, log=False)
 

@@ -39,7 +39,7 @@ import signal
 import sys
 from pathlib import Path
 
-from detector.cli.args import add_config_argument, add_opts_argument, tool_parser
+from detector.cli.args import add_config_argument, add_opts_argument, interruptible, tool_parser
 
 # The training stack (torch, the engine, the evaluators) is imported once the command line is parsed, so that
 # `--help` and argument errors answer at once.
@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@interruptible
 def main(argv=None) -> int:
     args = parse_args(argv)
     from detector.cli.common import BAD_INPUT_ERRORS, run_tool, start_logging

@@ -23,6 +23,8 @@ from torch import nn
 from torchvision.ops import clip_boxes_to_image
 from tqdm import tqdm
 
+from detector.runtime.signals import STOP_SIGNALS, deferred
+
 from .results import detections_to_coco_results
 
 __all__ = ["rescale_boxes", "run_inference", "gather_results"]
@@ -118,8 +120,13 @@ def run_inference(
     except TypeError:
         total = None
     results_per_image: list[tuple[int, list[dict]]] = []  # (image id, its COCO results)
+    # A DataLoader starts its workers here: the stop signals wait until they have started (a worker then ignores
+    # them), so that one sent to the process group meanwhile reaches the caller's handler here, not in a forked
+    # worker before it ignores them nor in a fork hook (where Python prints its exception and drops it).
+    with deferred(STOP_SIGNALS):
+        batches = iter(loader)
     with torch.inference_mode():
-        for images, targets in tqdm(loader, total=total, desc="inference", disable=not progress):
+        for images, targets in tqdm(batches, total=total, desc="inference", disable=not progress):
             images = images.to(device, non_blocking=True)  # (B, 3, H, W)
             autocast = (
                 torch.autocast(device.type, dtype=amp_dtype)

@@ -19,7 +19,7 @@ between any two bytecodes, even inside ``optimizer.step()``). So:
   pending and are delivered, in full, when the section ends. A worker started inside such a section inherits the
   blocked mask, which closes the window between its start and its ``worker_init_fn``.
 
-POSIX only; on Windows (no SIGHUP, no signal masks) :func:`deferred` does nothing and SIGHUP is left out.
+POSIX only; on Windows (no SIGHUP, no signal masks) :func:`deferred` only swaps the handlers and SIGHUP is left out.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import contextlib
 import functools
 import multiprocessing
 import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator
 
 __all__ = ["STOP_SIGNALS", "CHILD_SIGNALS", "ignore_stop_signals", "worker_init_ignoring_stop_signals",
@@ -96,15 +97,30 @@ def worker_init_ignoring_stop_signals(then: Callable[[int], None] | None = None)
 
 @contextlib.contextmanager
 def deferred(signals: Iterable[int] = STOP_SIGNALS + CHILD_SIGNALS) -> Iterator[None]:
-    """Hold ``signals`` back in the calling thread while the block runs; they are delivered when it ends.
+    """Hold ``signals`` back while the block runs; they are delivered, once each, when it ends.
 
-    Only the main thread runs Python signal handlers, so use it there. Nested use keeps the outer mask.
+    Blocking them (``pthread_sigmask``) covers only the calling thread, and the kernel hands a signal sent to the
+    process to any thread that does not block it (tqdm's monitor, TensorBoard's writer, torch's threads), after
+    which Python runs the handler in the main thread at once. So in the main thread (the only one that runs
+    Python handlers) each signal's Python handler is also swapped, for the block, for one that only notes the
+    signal; noted signals are raised again when the block ends. Nested use keeps the outer hold.
     """
-    if not _HAS_MASKS:
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    signals = tuple(signals)
+    noted: list[int] = []
+    swapped = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in signals:
+            handler = signal.getsignal(signum)
+            if callable(handler):  # a Python handler (not SIG_DFL / SIG_IGN, nor one set from C)
+                swapped[signum] = handler
+                signal.signal(signum, lambda received, frame: noted.append(received))
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signals) if _HAS_MASKS else None
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in swapped.items():
+            signal.signal(signum, handler)
+        if previous is not None:  # signals held by the mask are delivered now, to the handlers just restored
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum in dict.fromkeys(noted):
+            signal.raise_signal(signum)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -219,3 +221,57 @@ def test_run_inference_orders_results_by_image_id_whatever_the_batches():
     assert [(r["image_id"], r["score"]) for r in results] == \
         [(10, pytest.approx(0.9)), (10, pytest.approx(0.1)), (20, 0.5), (30, 0.5)]
     assert results == run_inference(model, in_order, "cpu", progress=False)
+
+
+class _SignalledAtFork(Exception):
+    pass
+
+
+_fork_signal = {"armed": False, "during_start": None}
+
+
+def _signal_self_at_fork() -> None:
+    """A fork hook: sends SIGTERM to this process while a loader worker is being forked (once, when armed), as a
+    SIGTERM to the whole process group can arrive; records whether the handler already ran by then."""
+    if _fork_signal["armed"]:
+        _fork_signal["armed"] = False
+        os.kill(os.getpid(), signal.SIGTERM)
+        _fork_signal["during_start"] = "handled in the fork hook"
+
+
+os.register_at_fork(before=_signal_self_at_fork)
+
+
+class _OneImage(torch.utils.data.Dataset):
+    label_to_cat_id = LABEL_TO_CAT_ID
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int):
+        return _batch([0], [((64, 64), (64, 64), 1)])
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="signal masks are POSIX")
+def test_a_stop_signal_while_loader_workers_start_reaches_the_handler_after_the_start():
+    """Without holding the signals back, the handler's exception is raised inside torch's fork (Python prints
+    'Exception ignored' with a traceback and drops it) and the inference goes on as if nothing happened."""
+    def handler(signum, frame):
+        raise _SignalledAtFork
+
+    loader = torch.utils.data.DataLoader(_OneImage(), batch_size=None, num_workers=1,
+                                         multiprocessing_context="fork")
+    previous = signal.signal(signal.SIGTERM, handler)
+    _fork_signal.update(armed=True, during_start=None)
+    done = threading.Event()  # a thread that may take the signal, as tqdm's monitor or TensorBoard's writer can
+    threading.Thread(target=done.wait, daemon=True).start()
+    try:
+        with pytest.raises(_SignalledAtFork):
+            run_inference(_FakeDetector([{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+                                          "labels": torch.zeros(0, dtype=torch.int64)}]), loader, "cpu",
+                          progress=False)
+    finally:
+        _fork_signal["armed"] = False
+        signal.signal(signal.SIGTERM, previous)
+        done.set()
+    assert _fork_signal["during_start"] == "handled in the fork hook"  # the hook ran to its end: the signal waited

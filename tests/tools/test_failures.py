@@ -273,3 +273,19 @@ def test_a_full_disk_at_best_pt_is_one_line_like_at_last_pt(data, tmp_path, tool
     state = load_checkpoint(folder / "last.pt")  # written before the evaluation: it records no best.pt
     assert state["iteration"] == 2 and state["best"]["best_iteration"] is None
     assert sorted(os.listdir(folder)) == ["last.pt"]  # the partial best.pt removed
+
+
+def test_a_loader_worker_that_dies_after_a_stop_signal_still_ends_in_the_checkpoint(data, tmp_path, tool_main,
+                                                                                   monkeypatch, three_steps):
+    def terminated_with_the_workers():  # SIGTERM to the process group: a worker can go before the step ends
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Terminated. ")
+
+    in_training_forward(monkeypatch, 4, terminated_with_the_workers)
+    code, stderr = train(tool_main, data, tmp_path / "run", "schedule.max_iters=6")
+    assert code == 0 and "Traceback" not in stderr, stderr
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert stderr.strip().splitlines()[-1] == (
+        f"stopped by SIGTERM after iteration 3 (a data loader worker ended too); checkpoint {last} holds iteration "
+        "3; continue with --resume")
+    assert_same_training_state(load_checkpoint(last), three_steps)
