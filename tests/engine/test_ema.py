@@ -136,6 +136,19 @@ def test_training_evaluates_and_checkpoints_the_average(tmp_path, monkeypatch):
         assert tool.parse_args([checkpoint, *tool_args[tool], "--raw-weights"]).raw_weights
 
 
+def test_the_average_leaves_the_training_trajectory_as_it_was(tmp_path):
+    # scripts/recipe_table.py scores a run's raw weights as the run without EMA: that needs bit-equal weights.
+    opts = tiny_opts(tmp_path / "syn", "schedule.max_iters=3", "runtime.eval_at_end=false")
+    plain = Trainer(load_config(CONFIG, opts), tmp_path / "plain", progress=False)
+    plain.fit()
+    averaged = Trainer(load_config(CONFIG, [*opts, "runtime.ema.decay=0.9", "runtime.ema.warmup=0"]),
+                       tmp_path / "ema", progress=False)
+    averaged.fit()
+    assert averaged.ema.updates == 3
+    for key, value in plain.model.state_dict().items():
+        assert torch.equal(averaged.model.state_dict()[key], value), key
+
+
 def test_resuming_a_checkpoint_without_ema_starts_the_average_from_it(tmp_path, caplog):
     opts = tiny_opts(tmp_path / "syn", "schedule.max_iters=1", "runtime.eval_at_end=false")
     Trainer(load_config(CONFIG, opts), tmp_path / "run", progress=False).fit()
