@@ -86,7 +86,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from detector.cli.common import BAD_INPUT_ERRORS, run_tool, start_logging
     from detector.engine.failsafe import TrainingFailed
-    from detector.engine.trackers import TrackerUnavailableError
+    from detector.engine.trackers import TrackerStartError, TrackerUnavailableError
     from detector.engine.trainer import NonFiniteLossError
     from detector.runtime.distributed import destroy_distributed, get_rank, init_distributed
 
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
         # A diverged run or bad input (checkpoint, annotation file, image, a config that does not fit the data):
         # one `error:` line naming the file and the entry.
         return run_tool(lambda: run(args), bad_input=BAD_INPUT_ERRORS + (NonFiniteLossError, TrainingFailed,
-                                                                  TrackerUnavailableError),
+                                                                  TrackerUnavailableError, TrackerStartError),
                         rank=get_rank())
     finally:
         destroy_distributed()

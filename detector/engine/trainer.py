@@ -281,7 +281,7 @@ class Trainer:
         self.model.train()
         stream = self.batches()
         try:
-            self.trackers.on_train_start(config_to_dict(self.cfg), self.iteration)
+            on_main_process(lambda: self.trackers.on_train_start(config_to_dict(self.cfg), self.iteration))
             with self.stop.installed():
                 try:
                     self.run_steps(stream, bar)

@@ -17,7 +17,8 @@ import torch
 from detector.config import ConfigError, config_to_dict, load_config
 from detector.config_trackers import DEFAULT_TRACKERS, MlflowConfig, WandbConfig
 from detector.engine import trainer as trainer_module
-from detector.engine.trackers import Tracker, TrackerList, TrackerUnavailableError, build_trackers
+from detector.engine.trackers import (Tracker, TrackerList, TrackerStartError, TrackerUnavailableError,
+                                      build_trackers)
 from detector.engine.trainer import train
 from detector.runtime.metrics_log import read_metrics_jsonl
 
@@ -219,6 +220,34 @@ def test_the_train_tool_says_which_extra_to_install_in_one_line(data_root, tmp_p
     # stopped before any data or model work: no resolved config, no checkpoint, no metrics
     assert not (tmp_path / "config.yaml").exists() and not list(tmp_path.glob("checkpoints/*.pt"))
     assert not (tmp_path / "metrics.jsonl").exists() or not read_metrics_jsonl(tmp_path / "metrics.jsonl")
+
+
+def test_a_tracker_that_cannot_start_stops_the_run_with_one_line_naming_it(data_root, tmp_path, capsys):
+    class Unreachable(Tracker):
+        name = "remote"
+
+        def on_train_start(self, config, iteration):
+            raise ConnectionError("server at http://10.0.0.1:5000 refused the connection")
+
+    with pytest.raises(TrackerStartError, match=r"^the remote tracker \(runtime.trackers\) could not start its "
+                                                r"run: ConnectionError: server at http://10.0.0.1:5000 refused"):
+        TrackerList([Unreachable()]).on_train_start({}, 0)
+    # made by the train tool: an MLflow tracking URI that MLflow does not serve
+    pytest.importorskip("mlflow")
+    code = load_train_tool().main([str(CONFIG), "--work-dir", str(tmp_path), "--no-progress", "--opts",
+                                   *tiny_opts(data_root, "runtime.trackers=[jsonl,mlflow]",
+                                              "runtime.mlflow.tracking_uri=bogus://nowhere")])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: the mlflow tracker (runtime.trackers) could not start: ")
+    assert "bogus://nowhere" in err and not list(tmp_path.glob("checkpoints/*.pt"))
+
+
+def load_train_tool():
+    spec = importlib.util.spec_from_file_location("train_cli", ROOT / "tools" / "train.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    return cli
 
 
 def read_wandb_records(path: Path) -> list:

@@ -7,6 +7,6 @@ optional extras, imported only when chosen.
 
 from detector.engine.trackers.base import Tracker, TrackerList
 from detector.engine.trackers.build import build_trackers
-from detector.engine.trackers.optional import TrackerUnavailableError
+from detector.engine.trackers.optional import TrackerStartError, TrackerUnavailableError
 
-__all__ = ["Tracker", "TrackerList", "build_trackers", "TrackerUnavailableError"]
+__all__ = ["Tracker", "TrackerList", "build_trackers", "TrackerUnavailableError", "TrackerStartError"]

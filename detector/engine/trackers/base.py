@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from detector.engine.stopping import TrainingInterrupted
+from detector.engine.trackers.optional import TrackerStartError
 
 __all__ = ["Tracker", "TrackerList", "TRAIN_PREFIX", "VAL_PREFIX", "prefixed", "run_status"]
 
@@ -98,8 +99,13 @@ class TrackerList(Tracker):
         return any(tracker.wants_images for tracker in self.trackers)
 
     def on_train_start(self, config, iteration):
+        """Raises TrackerStartError naming the tracker that could not start (before the first step)."""
         for tracker in self.trackers:
-            tracker.on_train_start(config, iteration)
+            try:
+                tracker.on_train_start(config, iteration)
+            except Exception as error:
+                raise TrackerStartError(f"the {tracker.name} tracker (runtime.trackers) could not start its run: "
+                                        f"{type(error).__name__}: {error}") from error
 
     def on_log_step(self, iteration, scalars):
         for tracker in self.trackers:

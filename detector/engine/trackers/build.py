@@ -8,6 +8,7 @@ from detector.config_schema import Config
 from detector.config_trackers import check_tracker_names
 from detector.engine.trackers.base import Tracker, TrackerList
 from detector.engine.trackers.local import JsonlTracker, TensorBoardTracker
+from detector.engine.trackers.optional import TrackerStartError, TrackerUnavailableError
 
 __all__ = ["build_trackers"]
 
@@ -30,14 +31,21 @@ def _build_one(name: str, cfg: Config, work_dir: Path) -> Tracker:
 def build_trackers(cfg: Config, work_dir: str | Path) -> TrackerList:
     """The trackers ``cfg.runtime.trackers`` lists, in its order (call on the main process only).
 
-    Raises ValueError for an unknown or repeated name and TrackerUnavailableError (naming the focaldet extra to
-    install) when a chosen tracker's package is missing; trackers built before the failing one are closed."""
+    Raises ValueError for an unknown or repeated name, TrackerUnavailableError (naming the focaldet extra to
+    install) when a chosen tracker's package is missing and TrackerStartError naming the tracker when it cannot
+    be made (e.g. an MLflow tracking URI it does not serve); trackers built before the failing one are closed."""
     names = list(cfg.runtime.trackers)
     check_tracker_names(names)
     built: list[Tracker] = []
     try:
         for name in names:
-            built.append(_build_one(name, cfg, Path(work_dir)))
+            try:
+                built.append(_build_one(name, cfg, Path(work_dir)))
+            except (TrackerUnavailableError, KeyboardInterrupt):
+                raise
+            except Exception as error:
+                raise TrackerStartError(f"the {name} tracker (runtime.trackers) could not start: "
+                                        f"{type(error).__name__}: {error}") from error
     except BaseException:
         TrackerList(built).close()
         raise

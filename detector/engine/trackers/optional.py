@@ -6,11 +6,15 @@ import importlib
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["TrackerUnavailableError", "import_optional", "RunIdFile"]
+__all__ = ["TrackerUnavailableError", "TrackerStartError", "import_optional", "RunIdFile"]
 
 
 class TrackerUnavailableError(ImportError):
     """A tracker listed in ``runtime.trackers`` needs a package that is not installed."""
+
+
+class TrackerStartError(RuntimeError):
+    """A tracker could not start its run (an unreachable MLflow server, W&B online without a login, ...)."""
 
 
 def import_optional(module: str, tracker: str, extra: str) -> ModuleType:

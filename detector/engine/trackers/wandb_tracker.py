@@ -3,8 +3,8 @@
 Offline, everything stays in ``<work_dir>/wandb/offline-run-<time>-<id>/`` (``run-<id>.wandb`` holds the
 history); ``wandb sync <that dir>`` uploads it later. The W&B run id is kept in ``<work_dir>/wandb_run_id.txt``,
 so a resumed training run logs into the same W&B run: offline, each session writes its own folder with that id,
-and ``wandb sync`` uploads the folders of one run in the order they started. The ``wandb`` package is imported only when this tracker
-is built (``pip install 'focaldet[wandb]'``).
+and ``wandb sync`` uploads the folders of one run in the order they started. The ``wandb`` package is imported
+only when this tracker is built (``pip install 'focaldet[wandb]'``).
 """
 
 from __future__ import annotations
