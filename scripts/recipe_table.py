@@ -78,8 +78,16 @@ def collect(out: Path, seeds: list[int]) -> dict[str, list[dict]]:
                                                   [f"evaluation.tta={tta}"]))
         for row, name in (("+ EMA", "ema"), ("+ AdamW", "adamw"), ("+ cosine", "cosine"),
                           ("+ scale jitter", "jitter"), ("AdamW + cosine + EMA + jitter", "modern")):
-            rows[row].append(final_metrics(out / f"quickstart_{name}_s{seed}"))
+            rows[row].append(finished(out / f"quickstart_{name}_s{seed}"))
     return rows
+
+
+def finished(work_dir: Path) -> dict:
+    """The final evaluation of a run, or exit naming the run that has none."""
+    metrics = final_metrics(work_dir)
+    if metrics is None:
+        raise SystemExit(f"{work_dir}: the run wrote no final evaluation (see {work_dir}.log)")
+    return metrics
 
 
 def format_table(rows: dict[str, list[dict]], seeds: list[int]) -> str:
