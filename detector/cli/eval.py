@@ -152,11 +152,11 @@ def run_checked(args: argparse.Namespace) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from detector.cli.common import run_tool, start_logging
-    from detector.runtime.distributed import get_rank, init_distributed
+    from detector.runtime.distributed import get_rank, process_group
 
-    init_distributed()
-    start_logging(get_rank())
-    return run_tool(lambda: run_checked(args), rank=get_rank())
+    with process_group():
+        start_logging(get_rank())
+        return run_tool(lambda: run_checked(args), rank=get_rank())
 
 
 if __name__ == "__main__":

@@ -88,18 +88,15 @@ def main(argv=None) -> int:
     from detector.engine.failsafe import TrainingFailed
     from detector.engine.trackers import TrackerStartError, TrackerUnavailableError
     from detector.engine.trainer import NonFiniteLossError
-    from detector.runtime.distributed import destroy_distributed, get_rank, init_distributed
+    from detector.runtime.distributed import get_rank, process_group
 
-    init_distributed()
-    start_logging(get_rank())
-    try:
+    with process_group():
+        start_logging(get_rank())
         # A diverged run or bad input (checkpoint, annotation file, image, a config that does not fit the data):
         # one `error:` line naming the file and the entry.
         return run_tool(lambda: run(args), bad_input=BAD_INPUT_ERRORS + (NonFiniteLossError, TrainingFailed,
                                                                   TrackerUnavailableError, TrackerStartError),
                         rank=get_rank())
-    finally:
-        destroy_distributed()
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ current CUDA device and the result moved back), CPU tensors for gloo.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import gc
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
 import torch
@@ -23,6 +24,7 @@ import torch.distributed as dist
 __all__ = [
     "init_distributed",
     "destroy_distributed",
+    "process_group",
     "is_distributed",
     "get_rank",
     "get_world_size",
@@ -104,6 +106,20 @@ def init_distributed(
         kwargs["device_id"] = torch.device("cuda", local_rank)
     dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world_size, **kwargs)
     return rank, world_size, local_rank
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[None]:
+    """:func:`init_distributed` for a command's lifetime, and the group destroyed on every way out.
+
+    A process that exits with its gloo group alive while a peer still works (rank 0 scoring, say) can abort at
+    interpreter shutdown ("terminate called without an active exception"), so every command that joins the
+    group leaves it explicitly."""
+    init_distributed()
+    try:
+        yield
+    finally:
+        destroy_distributed()
 
 
 def destroy_distributed() -> None:

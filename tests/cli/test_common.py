@@ -80,3 +80,25 @@ def test_checkpoint_of_another_model_names_checkpoint_config_and_keys(tmp_path):
 def test_parser_keeps_the_docstring_layout():
     parser = tool_parser("Line one.\n\n    python tools/x.py CONFIG\n")
     assert "    python tools/x.py CONFIG" in parser.format_help()
+
+
+@pytest.mark.parametrize("tool", ["train", "eval"])
+def test_a_command_leaves_no_process_group_alive_whatever_its_exit(tool, tmp_path, monkeypatch, capsys):
+    # A rank that exits with its gloo group alive, while a peer still works, can abort at interpreter shutdown.
+    import importlib
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        module = importlib.import_module(f"detector.cli.{tool}")
+        assert module.main([str(tmp_path / "missing.yaml"), *(["x.pt"] if tool == "eval" else [])]) == EXIT_BAD_CONFIG
+        assert "missing.yaml" in capsys.readouterr().err
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
