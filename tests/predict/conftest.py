@@ -80,3 +80,10 @@ def trained_head(request, trained_heads, trained) -> Trained:
     if name not in trained_heads:  # once per session, whichever test asks first
         trained_heads[name] = train_tiny(HEAD_CONFIGS[name], trained.root, trained.root / f"run_{name}")
     return trained_heads[name]
+
+
+@pytest.fixture(scope="module")
+def det(trained):
+    """The quick-start model of ``trained`` as a Detector on the CPU (one per test module)."""
+    from detector.predict import Detector
+    return Detector.from_checkpoint(trained.checkpoint, device="cpu")

@@ -27,11 +27,6 @@ def assert_same_detections(expected, got, box_tol: float = 1e-3, score_tol: floa
 
 
 @pytest.fixture(scope="module")
-def det(trained) -> Detector:
-    return Detector.from_checkpoint(trained.checkpoint, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def scene(trained) -> np.ndarray:
     """A 48 x 64 RGB crop of a synthetic val image (its longer side is the test size: no resize)."""
     files = sorted((trained.root / "syn" / "val").glob("*.png"))

@@ -18,11 +18,6 @@ from .conftest import run_tool
 
 
 @pytest.fixture(scope="module")
-def det(trained) -> Detector:
-    return Detector.from_checkpoint(trained.checkpoint, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def scene(trained) -> np.ndarray:
     """A 48-row RGB crop of a synthetic val image (its longer side at most the test size: no resize)."""
     files = sorted((trained.root / "syn" / "val").glob("*.png"))
